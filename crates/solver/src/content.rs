@@ -1,0 +1,176 @@
+//! The content store: blobs addressed by their sha256 digest.
+//!
+//! Layout (the blob part of an OCI image layout, so blobs can be hard-linked
+//! straight into an exported layout):
+//!
+//! ```text
+//! ROOT/blobs/sha256/<hex>   committed blobs, never modified
+//! ROOT/tmp/                 blobs being written
+//! ```
+//!
+//! A blob is written to a temporary file, hashed while written, fsynced and
+//! then renamed into place, so a reader sees either nothing or the whole
+//! verified blob, and two processes writing the same blob both succeed.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use rbuild_oci::{BlobStore, Digest, Hasher};
+use tempfile::NamedTempFile;
+
+#[derive(Debug, Clone)]
+pub struct ContentStore {
+    blobs: PathBuf,
+    tmp: PathBuf,
+}
+
+impl ContentStore {
+    /// Opens (creating if needed) the content store below `root`.
+    pub fn open(root: &Path) -> io::Result<ContentStore> {
+        let blobs = root.join("blobs").join("sha256");
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&blobs)?;
+        fs::create_dir_all(&tmp)?;
+        Ok(ContentStore { blobs, tmp })
+    }
+
+    /// Where a blob is (or would be) stored.
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.blobs.join(digest.hex())
+    }
+
+    /// Size of a stored blob.
+    pub fn size(&self, digest: &Digest) -> io::Result<u64> {
+        Ok(fs::metadata(self.path(digest))?.len())
+    }
+
+    /// Starts writing a blob whose digest is known only at the end.
+    pub fn ingest(&self) -> io::Result<Ingest<'_>> {
+        let file = NamedTempFile::new_in(&self.tmp)?;
+        let writer = BufWriter::with_capacity(1 << 20, file);
+        Ok(Ingest { store: self, writer, hasher: Hasher::new() })
+    }
+
+    /// Deletes a blob; a missing blob is not an error.
+    pub fn delete(&self, digest: &Digest) -> io::Result<()> {
+        match fs::remove_file(self.path(digest)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every stored blob's digest (files that are not digests are skipped).
+    pub fn list(&self) -> io::Result<Vec<Digest>> {
+        let mut digests = Vec::new();
+        for entry in fs::read_dir(&self.blobs)? {
+            let name = entry?.file_name();
+            if let Some(d) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) {
+                digests.push(d);
+            }
+        }
+        digests.sort();
+        Ok(digests)
+    }
+
+    fn commit(&self, file: NamedTempFile, digest: &Digest) -> io::Result<()> {
+        file.as_file().sync_all()?;
+        let target = self.path(digest);
+        if target.exists() {
+            // Same digest, same bytes: another writer got there first.
+            return Ok(());
+        }
+        file.persist(&target).map_err(|e| e.error)?;
+        File::open(&self.blobs)?.sync_all()
+    }
+}
+
+/// A blob being written. Dropping it without [`Ingest::commit`] discards it.
+pub struct Ingest<'a> {
+    store: &'a ContentStore,
+    writer: BufWriter<NamedTempFile>,
+    hasher: Hasher,
+}
+
+impl Ingest<'_> {
+    /// Finishes the blob, verifying it against `expected` when given.
+    pub fn commit(self, expected: Option<&Digest>) -> io::Result<(Digest, u64)> {
+        let size = self.hasher.len();
+        let digest = self.hasher.finish();
+        if let Some(expected) = expected {
+            if *expected != digest {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("digest mismatch: expected {expected}, got {digest}"),
+                ));
+            }
+        }
+        let file = self.writer.into_inner().map_err(|e| e.into_error())?;
+        self.store.commit(file, &digest)?;
+        Ok((digest, size))
+    }
+}
+
+impl Write for Ingest<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.writer.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+impl BlobStore for ContentStore {
+    fn open(&self, digest: &Digest) -> io::Result<File> {
+        File::open(self.path(digest)).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                io::Error::new(io::ErrorKind::NotFound, format!("blob {digest} not found in the content store"))
+            } else {
+                e
+            }
+        })
+    }
+
+    fn contains(&self, digest: &Digest) -> bool {
+        self.path(digest).is_file()
+    }
+
+    fn write(&self, reader: &mut dyn Read, expected: Option<&Digest>) -> io::Result<(Digest, u64)> {
+        if let Some(expected) = expected {
+            if self.contains(expected) {
+                // Still consume the input so callers streaming an archive
+                // stay positioned after this blob.
+                let size = io::copy(reader, &mut io::sink())?;
+                return Ok((*expected, size));
+            }
+        }
+        let mut ingest = self.ingest()?;
+        io::copy(reader, &mut ingest)?;
+        ingest.commit(expected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_verifies_and_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let d = store.write_bytes(b"hello").unwrap();
+        assert_eq!(d, Digest::of(b"hello"));
+        assert_eq!(store.read_all(&d).unwrap(), b"hello");
+        assert_eq!(store.list().unwrap(), vec![d]);
+
+        let wrong = Digest::of(b"other");
+        let err = store.write(&mut &b"hello!"[..], Some(&wrong)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(!store.contains(&wrong));
+        // Nothing half-written is left behind.
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}
