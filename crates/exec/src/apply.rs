@@ -1,0 +1,1512 @@
+//! Applying an image layer onto a directory, safely.
+//!
+//! A layer is a tar stream (uncompressed or gzip-compressed) in the OCI /
+//! Docker layer format: plain entries plus AUFS-style whiteouts. This module
+//! reproduces what containerd's `archive.Apply` (its "naive" applier) does,
+//! with the guarantee that nothing is ever created, modified or removed
+//! outside the destination directory, whatever the layer contains.
+//!
+//! How entries are placed:
+//!
+//! - Entry names are normalised lexically first: leading `/` and `./` are
+//!   stripped, `.` components and empty components are dropped and `a/../b`
+//!   becomes `b`. containerd cleans a name relative to `/`, so `../x` would
+//!   silently become `x`; we instead **reject** any name whose `..`
+//!   components climb above the root, because a well-formed layer never
+//!   contains one and such a name is a sign of a malicious or broken archive.
+//! - The parent components are then resolved inside the root with
+//!   [`resolve_in_root`]: symlinks met on the way are followed as if the root
+//!   were `/` (absolute targets restart at the root, `..` stops at the root,
+//!   at most 40 links are followed). The last component is never followed:
+//!   whatever sits there (a symlink in particular) is replaced.
+//! - Missing parent directories are created with mode 0755, like
+//!   containerd's `mkparent`.
+//!
+//! Whiteouts (`.wh.NAME`, and `.wh..wh..opq` for opaque directories) delete
+//! content from lower layers and are never materialised themselves. Other
+//! `.wh..wh.*` names are AUFS bookkeeping (hard link directories and such);
+//! they are ignored, as Docker does.
+//!
+//! Directory modes and times are applied after every entry has been written:
+//! creating children changes a directory's mtime, and deferring the mode as
+//! well lets an unprivileged caller fill a directory the layer marks as
+//! read-only (as root the result is the same as applying the mode at once).
+//!
+//! We assume we are the only writer into the destination while a layer is
+//! applied, so path-based system calls on paths we have just resolved are
+//! not racing anyone.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, FileTimes, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
+
+/// What applying a layer did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ApplyStats {
+    /// Tar members processed (whiteouts included; PAX global headers, GNU
+    /// long-name records and PAX records are not members).
+    pub entries: u64,
+    /// Bytes of regular-file content written.
+    pub bytes: u64,
+    /// Device nodes (and fifos) that could not be created because we lack
+    /// the privilege (`mknod` failed with `EPERM`) and were skipped.
+    pub skipped_devices: u64,
+}
+
+/// Why a layer could not be applied.
+///
+/// `entry` is the entry name as written in the layer (lossily decoded), so
+/// the message points at the offending member.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The entry name's `..` components climb above the root.
+    #[error(
+        "layer entry {entry:?} escapes the destination (its `..` components climb above the root); such entries are rejected"
+    )]
+    Escape { entry: String },
+    /// A hard link's target name climbs above the root.
+    #[error("hard link {entry:?} points to {target:?}, which is outside the destination")]
+    LinkEscape { entry: String, target: String },
+    /// A hard link's target does not exist in the destination.
+    #[error("hard link {entry:?} points to {target:?}, which does not exist in the destination")]
+    LinkTargetMissing { entry: String, target: String },
+    /// The entry is malformed (bad header field, NUL in a name, ...).
+    #[error("layer entry {entry:?} is invalid: {reason}")]
+    InvalidEntry { entry: String, reason: String },
+    /// Resolving the entry's parents needed more than 40 symlinks.
+    #[error("resolving {entry:?}: too many levels of symbolic links (more than 40)")]
+    TooManyLinks { entry: String },
+    /// A parent of the entry exists and is not a directory.
+    #[error("layer entry {entry:?}: {path} exists and is not a directory")]
+    NotADirectory { entry: String, path: PathBuf },
+    /// The entry has a tar type we do not know how to apply.
+    #[error("layer entry {entry:?} has an unsupported type: {kind}")]
+    UnsupportedEntry { entry: String, kind: String },
+    /// The layer uses a compression we cannot read.
+    #[error("{format} layers are not supported yet")]
+    UnsupportedCompression { format: &'static str },
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The layer stream could not be read or is not a valid (compressed) tar.
+    #[error("reading the layer: {source}")]
+    Tar {
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Linux's own limit on symlinks followed during one lookup (`MAXSYMLINKS`).
+const MAX_SYMLINKS: u32 = 40;
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
+const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";
+const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// containerd bounds times to what a Go `time.Time` in nanoseconds since
+/// the epoch can hold, and maps anything outside `[epoch, max]` to the epoch.
+const MAX_TIME_SECS: i64 = i64::MAX / 1_000_000_000;
+/// Copy buffer for regular-file contents.
+const COPY_BUF: usize = 64 * 1024;
+
+/// Applies one layer (uncompressed or gzip tar) onto `root`, which must exist.
+///
+/// The compression is detected from the first bytes of the stream (gzip
+/// `1f 8b`; zstd `28 b5 2f fd` is recognised and refused). The whole input
+/// is consumed, trailing padding included, so a digest computed over the
+/// stream by the caller covers every byte and a gzip trailer is verified.
+pub fn apply_layer(root: &Path, mut layer: impl Read) -> Result<ApplyStats, ApplyError> {
+    let md = fs::metadata(root).map_err(io_at("inspect destination", root))?;
+    if !md.is_dir() {
+        return Err(ApplyError::Io {
+            op: "inspect destination",
+            path: root.to_path_buf(),
+            source: io::Error::from(io::ErrorKind::NotADirectory),
+        });
+    }
+    let mut magic = [0u8; 4];
+    let n = read_prefix(&mut layer, &mut magic)?;
+    let head = magic.get(..n).unwrap_or_default();
+    // Put the sniffed bytes back in front of the rest of the stream.
+    let stream = head.chain(layer);
+    if head.starts_with(&GZIP_MAGIC) {
+        // Multi-member: concatenated gzip members are one valid gzip stream.
+        apply_tar(root, flate2::read::MultiGzDecoder::new(stream))
+    } else if head == ZSTD_MAGIC {
+        Err(ApplyError::UnsupportedCompression { format: "zstd" })
+    } else {
+        apply_tar(root, stream)
+    }
+}
+
+/// Resolves `path` (relative to `root`, as a layer entry names it) inside
+/// `root`, following symlinks in parent components as if `root` were `/`;
+/// the last component is not followed. Returns the host path.
+///
+/// A leading `/` is ignored and `..` stops at the root, so the result is
+/// always `root` or below it. Components that do not exist (yet) are taken
+/// as they are. Fails with [`ApplyError::TooManyLinks`] after 40 symlinks.
+pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, ApplyError> {
+    let steps = path.components().filter_map(|c| match c {
+        Component::Normal(name) => Some(Step::Name(name.to_owned())),
+        Component::ParentDir => Some(Step::Up),
+        Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+    });
+    let resolved = resolve_components(root, steps, &path.to_string_lossy())?;
+    Ok(join_all(root, &resolved))
+}
+
+/// One step of a path walk: a name to descend into, or `..`.
+enum Step {
+    Name(OsString),
+    Up,
+}
+
+/// Walks `steps` from `root`, following symlinks except on the last step,
+/// and returns the components (below `root`) of the resolved path. Every
+/// returned component but the last is a real directory or does not exist.
+fn resolve_components(
+    root: &Path,
+    steps: impl IntoIterator<Item = Step>,
+    entry: &str,
+) -> Result<Vec<OsString>, ApplyError> {
+    let mut pending: VecDeque<Step> = steps.into_iter().collect();
+    let mut resolved: Vec<OsString> = Vec::new();
+    // Host path of `resolved`, kept in step to avoid rebuilding it.
+    let mut host = root.to_path_buf();
+    let mut links = 0u32;
+    while let Some(step) = pending.pop_front() {
+        let name = match step {
+            Step::Up => {
+                // `..` at the root stays at the root, as on a real `/`.
+                if resolved.pop().is_some() {
+                    host.pop();
+                }
+                continue;
+            }
+            Step::Name(name) => name,
+        };
+        if pending.is_empty() {
+            // The final component is the entry itself: never followed.
+            resolved.push(name);
+            break;
+        }
+        host.push(&name);
+        match fs::symlink_metadata(&host) {
+            Ok(md) if md.file_type().is_symlink() => {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(ApplyError::TooManyLinks {
+                        entry: entry.to_owned(),
+                    });
+                }
+                let target = fs::read_link(&host).map_err(io_at("read symlink", &host))?;
+                host.pop();
+                if target.has_root() {
+                    // Absolute targets are relative to the root, not the host.
+                    resolved.clear();
+                    host = root.to_path_buf();
+                }
+                // Splice the target in place of the link and keep walking.
+                for comp in target.components().rev() {
+                    match comp {
+                        Component::Normal(n) => pending.push_front(Step::Name(n.to_owned())),
+                        Component::ParentDir => pending.push_front(Step::Up),
+                        Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+                    }
+                }
+            }
+            Ok(_) => resolved.push(name),
+            // Not there (yet): taken literally, the caller creates it or
+            // reports the missing path.
+            Err(e) if is_absent(&e) => resolved.push(name),
+            Err(e) => {
+                return Err(ApplyError::Io {
+                    op: "inspect",
+                    path: host,
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(resolved)
+}
+
+/// Reads up to `buf.len()` bytes, fewer only at end of stream.
+fn read_prefix(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, ApplyError> {
+    let mut n = 0;
+    while n < buf.len() {
+        let Some(rest) = buf.get_mut(n..) else { break };
+        match r.read(rest) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(ApplyError::Tar { source }),
+        }
+    }
+    Ok(n)
+}
+
+fn apply_tar<R: Read>(root: &Path, reader: R) -> Result<ApplyStats, ApplyError> {
+    let mut archive = tar::Archive::new(reader);
+    let mut applier = Applier::new(root);
+    for entry in archive.entries().map_err(tar_err)? {
+        let entry = entry.map_err(tar_err)?;
+        applier.apply_entry(entry)?;
+    }
+    // Consume what follows the end-of-archive blocks so the gzip trailer
+    // (CRC and length) is checked and a caller's digest sees the whole blob.
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(tar_err)?;
+    applier.finish_dirs()?;
+    Ok(applier.stats)
+}
+
+/// What a tar member becomes on disk.
+enum Kind {
+    File,
+    Dir,
+    Symlink(Vec<u8>),
+    Hardlink(Vec<u8>),
+    Device(FileType, u32, u32),
+}
+
+/// A time as seconds and nanoseconds since the epoch, already bounded to
+/// `[epoch, MAX_TIME_SECS]` so conversions cannot fail.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Time {
+    secs: i64,
+    nanos: u32,
+}
+
+impl Time {
+    const EPOCH: Time = Time { secs: 0, nanos: 0 };
+
+    fn bounded(secs: i64, nanos: u32) -> Time {
+        if (0..=MAX_TIME_SECS).contains(&secs) && nanos < 1_000_000_000 {
+            Time { secs, nanos }
+        } else {
+            Time::EPOCH
+        }
+    }
+
+    fn system_time(self) -> SystemTime {
+        let d = Duration::new(u64::try_from(self.secs).unwrap_or(0), self.nanos);
+        SystemTime::UNIX_EPOCH
+            .checked_add(d)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+
+    fn timestamps(self) -> Timestamps {
+        let ts = Timespec {
+            tv_sec: self.secs,
+            tv_nsec: self.nanos.into(),
+        };
+        Timestamps {
+            last_access: ts,
+            last_modification: ts,
+        }
+    }
+}
+
+/// Mode and mtime of a directory entry, applied once the layer is written.
+struct DirMeta {
+    mode: u32,
+    mtime: Time,
+}
+
+/// Ownership, mode, time and xattrs of an entry.
+struct Meta {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: Time,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+struct Applier<'r> {
+    root: &'r Path,
+    /// Whether we may set any owner; if not, failing to chown is expected.
+    privileged: bool,
+    stats: ApplyStats,
+    /// Host paths this layer created or updated: an opaque whiteout keeps them.
+    unpacked: HashSet<PathBuf>,
+    /// Directories above `unpacked` paths: an opaque whiteout keeps them too,
+    /// otherwise a lower directory holding this layer's files would be removed.
+    ancestors: HashSet<PathBuf>,
+    /// Directory entries, by host path; ordered so that reverse iteration
+    /// visits children before their parents.
+    dirs: BTreeMap<PathBuf, DirMeta>,
+    buf: Vec<u8>,
+}
+
+impl<'r> Applier<'r> {
+    fn new(root: &'r Path) -> Self {
+        Applier {
+            root,
+            privileged: rustix::process::geteuid().is_root(),
+            stats: ApplyStats::default(),
+            unpacked: HashSet::new(),
+            ancestors: HashSet::new(),
+            dirs: BTreeMap::new(),
+            buf: vec![0; COPY_BUF],
+        }
+    }
+
+    fn apply_entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ApplyError> {
+        let header = entry.header().clone();
+        let etype = header.entry_type();
+        if etype.is_pax_global_extensions() {
+            // Global PAX records carry nothing we apply (containerd ignores
+            // them too); they are not members.
+            return Ok(());
+        }
+        self.stats.entries += 1;
+        let raw_name = entry.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&raw_name).into_owned();
+        let invalid = |reason: String| ApplyError::InvalidEntry {
+            entry: name.clone(),
+            reason,
+        };
+
+        let link = entry.link_name_bytes().map(|l| l.into_owned());
+        let kind = match etype {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                // Pre-POSIX archives mark directories with type NUL and a
+                // trailing slash (Go's archive/tar reads them the same way).
+                if header.as_old().linkflag[0] == 0 && raw_name.ends_with(b"/") {
+                    Kind::Dir
+                } else {
+                    Kind::File
+                }
+            }
+            tar::EntryType::Directory => Kind::Dir,
+            tar::EntryType::Symlink => {
+                Kind::Symlink(link.ok_or_else(|| invalid("symlink without a target".into()))?)
+            }
+            tar::EntryType::Link => {
+                Kind::Hardlink(link.ok_or_else(|| invalid("hard link without a target".into()))?)
+            }
+            tar::EntryType::Fifo => Kind::Device(FileType::Fifo, 0, 0),
+            tar::EntryType::Char | tar::EntryType::Block => {
+                let major = dev_number(header.device_major(), header.as_bytes().get(329..337))
+                    .map_err(&invalid)?;
+                let minor = dev_number(header.device_minor(), header.as_bytes().get(337..345))
+                    .map_err(&invalid)?;
+                let ft = if etype == tar::EntryType::Char {
+                    FileType::CharacterDevice
+                } else {
+                    FileType::BlockDevice
+                };
+                Kind::Device(ft, major, minor)
+            }
+            other => {
+                return Err(ApplyError::UnsupportedEntry {
+                    entry: name.clone(),
+                    kind: format!("tar type {:?}", char::from(other.as_byte())),
+                });
+            }
+        };
+
+        let mode = header.mode().map_err(|e| invalid(e.to_string()))? & 0o7777;
+        let uid = header.uid().map_err(|e| invalid(e.to_string()))?;
+        let gid = header.gid().map_err(|e| invalid(e.to_string()))?;
+        let uid = u32::try_from(uid).map_err(|_| invalid(format!("uid {uid} out of range")))?;
+        let gid = u32::try_from(gid).map_err(|_| invalid(format!("gid {gid} out of range")))?;
+        let secs = header.mtime().map_err(|e| invalid(e.to_string()))?;
+        let mut mtime = i64::try_from(secs).map_or(Time::EPOCH, |s| Time::bounded(s, 0));
+        let mut xattrs = Vec::new();
+        if let Some(exts) = entry.pax_extensions().map_err(tar_err)? {
+            for ext in exts {
+                let ext = ext.map_err(tar_err)?;
+                let key = ext.key_bytes();
+                if let Some(attr) = key.strip_prefix(PAX_XATTR_PREFIX) {
+                    xattrs.push((attr.to_vec(), ext.value_bytes().to_vec()));
+                } else if key == b"mtime" {
+                    // Sub-second (or out-of-octal-range) mtime; a malformed
+                    // value falls back to the header's.
+                    if let Some(t) = parse_pax_time(ext.value_bytes()) {
+                        mtime = t;
+                    }
+                }
+            }
+        }
+        let meta = Meta {
+            uid,
+            gid,
+            mode,
+            mtime,
+            xattrs,
+        };
+
+        let comps = normalize(&raw_name).map_err(|e| match e {
+            NameError::Escape => ApplyError::Escape {
+                entry: name.clone(),
+            },
+            NameError::Nul => invalid("name contains a NUL byte".into()),
+        })?;
+        if comps.is_empty() {
+            // The root itself ("./"): containerd leaves the root alone.
+            return Ok(());
+        }
+        let resolved = resolve_components(self.root, comps.into_iter().map(Step::Name), &name)?;
+        let Some((base, parents)) = resolved.split_last() else {
+            return Ok(());
+        };
+        let parent = self.mkparent(parents, &name)?;
+
+        if let Some(target) = base.as_bytes().strip_prefix(WHITEOUT_PREFIX) {
+            return self.whiteout(&parent, base.as_bytes(), target, &name);
+        }
+        let path = parent.join(base);
+
+        // Check the hard link target before touching the destination.
+        let link_target = match &kind {
+            Kind::Hardlink(target) => Some(self.hardlink_target(target, &name)?),
+            _ => None,
+        };
+        let self_link = link_target.as_deref() == Some(path.as_path());
+
+        // Replace what is there, except a directory that stays a directory
+        // (its metadata is updated) and a hard link to itself (a no-op).
+        let existing_dir = match fs::symlink_metadata(&path) {
+            Ok(md) if md.is_dir() && matches!(kind, Kind::Dir) => true,
+            Ok(md) if md.is_dir() => {
+                fs::remove_dir_all(&path).map_err(io_at("remove directory", &path))?;
+                false
+            }
+            Ok(_) if self_link => false,
+            Ok(_) => {
+                fs::remove_file(&path).map_err(io_at("remove", &path))?;
+                false
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(source) => {
+                return Err(ApplyError::Io {
+                    op: "inspect",
+                    path,
+                    source,
+                });
+            }
+        };
+
+        match kind {
+            Kind::File => self.write_file(&mut entry, &path, &meta)?,
+            Kind::Dir => {
+                if !existing_dir {
+                    // Owner-writable until the deferred mode is applied.
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&path)
+                        .map_err(io_at("create directory", &path))?;
+                }
+                self.chown_result(
+                    std::os::unix::fs::lchown(&path, Some(meta.uid), Some(meta.gid)),
+                    &path,
+                )?;
+                set_xattrs(XattrOn::Path(&path), &meta.xattrs)?;
+                self.dirs.insert(
+                    path.clone(),
+                    DirMeta {
+                        mode: meta.mode,
+                        mtime: meta.mtime,
+                    },
+                );
+            }
+            Kind::Symlink(target) => {
+                // Stored verbatim; it is never followed while applying.
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
+                    .map_err(io_at("create symlink", &path))?;
+                self.finish_node(&path, &meta, false)?;
+            }
+            Kind::Hardlink(_) => {
+                if let Some(target) = link_target.as_deref().filter(|_| !self_link) {
+                    // linkat without AT_SYMLINK_FOLLOW: a link to a symlink
+                    // links the symlink itself.
+                    fs::hard_link(target, &path).map_err(io_at("create hard link", &path))?;
+                }
+                // A link shares its target's inode, which may be a symlink
+                // (Linux has no lchmod); chmod only anything else.
+                let is_symlink = fs::symlink_metadata(&path)
+                    .map_err(io_at("inspect", &path))?
+                    .file_type()
+                    .is_symlink();
+                self.finish_node(&path, &meta, !is_symlink)?;
+            }
+            Kind::Device(ft, major, minor) => {
+                let dev = rustix::fs::makedev(major, minor);
+                match rustix::fs::mknodat(CWD, &path, ft, Mode::from_raw_mode(0o600), dev) {
+                    Ok(()) => {}
+                    Err(e) if e == Errno::PERM => {
+                        // Unprivileged (or in a user namespace): device nodes
+                        // cannot be made; skip and count, as rootless
+                        // containerd does.
+                        self.stats.skipped_devices += 1;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        return Err(ApplyError::Io {
+                            op: "create device node",
+                            path,
+                            source: e.into(),
+                        });
+                    }
+                }
+                self.finish_node(&path, &meta, true)?;
+            }
+        }
+        self.record(&path);
+        Ok(())
+    }
+
+    /// Creates a regular file with the entry's content and metadata.
+    fn write_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        path: &Path,
+        meta: &Meta,
+    ) -> Result<(), ApplyError> {
+        // create_new (O_EXCL) never follows a symlink at `path`; whatever was
+        // there has been removed.
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_at("create file", path))?;
+        let written = copy_data(entry, &mut file, path, &mut self.buf)?;
+        self.stats.bytes += written;
+        // Order as containerd: chown first (it clears setuid/setgid and file
+        // capabilities), then xattrs, then the mode, then the times.
+        self.chown_result(
+            std::os::unix::fs::fchown(&file, Some(meta.uid), Some(meta.gid)),
+            path,
+        )?;
+        set_xattrs(XattrOn::File(&file, path), &meta.xattrs)?;
+        file.set_permissions(Permissions::from_mode(meta.mode))
+            .map_err(io_at("set mode of", path))?;
+        let t = meta.mtime.system_time();
+        file.set_times(FileTimes::new().set_accessed(t).set_modified(t))
+            .map_err(io_at("set times of", path))?;
+        Ok(())
+    }
+
+    /// Owner, xattrs, mode (if `chmod`) and times of a non-regular,
+    /// non-directory node, by path and without following a final symlink.
+    fn finish_node(&self, path: &Path, meta: &Meta, chmod: bool) -> Result<(), ApplyError> {
+        self.chown_result(
+            std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)),
+            path,
+        )?;
+        set_xattrs(XattrOn::Path(path), &meta.xattrs)?;
+        if chmod {
+            // `path` is known not to be a symlink here, so chmod's following
+            // of links does not matter.
+            fs::set_permissions(path, Permissions::from_mode(meta.mode))
+                .map_err(io_at("set mode of", path))?;
+        }
+        set_times_nofollow(path, meta.mtime)
+    }
+
+    /// Treats a failed chown: fatal when privileged; expected otherwise
+    /// (EPERM for ids we may not give away, EINVAL for ids not mapped in our
+    /// user namespace), in which case the node keeps our ids.
+    fn chown_result(&self, r: io::Result<()>, path: &Path) -> Result<(), ApplyError> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e)
+                if !self.privileged
+                    && Errno::from_io_error(&e)
+                        .is_some_and(|n| n == Errno::PERM || n == Errno::INVAL) =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(ApplyError::Io {
+                op: "change owner of",
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Makes sure every component of `parents` (already resolved, so
+    /// symlink-free) exists as a directory, creating missing ones with mode
+    /// 0755. Returns the host path of the parent directory.
+    fn mkparent(&mut self, parents: &[OsString], entry: &str) -> Result<PathBuf, ApplyError> {
+        let mut p = self.root.to_path_buf();
+        for c in parents {
+            p.push(c);
+            match fs::symlink_metadata(&p) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => {
+                    return Err(ApplyError::NotADirectory {
+                        entry: entry.to_owned(),
+                        path: p,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::DirBuilder::new()
+                        .mode(0o755)
+                        .create(&p)
+                        .map_err(io_at("create directory", &p))?;
+                    // Exactly 0755 whatever the umask, as a layer would say.
+                    fs::set_permissions(&p, Permissions::from_mode(0o755))
+                        .map_err(io_at("set mode of", &p))?;
+                }
+                Err(source) => {
+                    return Err(ApplyError::Io {
+                        op: "inspect",
+                        path: p,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// Applies a whiteout named `base` (`rest` is what follows `.wh.`) found
+    /// in directory `parent`.
+    fn whiteout(
+        &mut self,
+        parent: &Path,
+        base: &[u8],
+        rest: &[u8],
+        entry: &str,
+    ) -> Result<(), ApplyError> {
+        if base == WHITEOUT_OPAQUE {
+            return self.clear_opaque(parent);
+        }
+        if base.starts_with(WHITEOUT_META_PREFIX) {
+            // AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): nothing to apply.
+            return Ok(());
+        }
+        if rest.is_empty() || rest == b"." || rest == b".." {
+            return Err(ApplyError::InvalidEntry {
+                entry: entry.to_owned(),
+                reason: "whiteout without a valid name to remove".into(),
+            });
+        }
+        let target = parent.join(OsStr::from_bytes(rest));
+        match fs::symlink_metadata(&target) {
+            Ok(md) => remove_any(&target, md.is_dir()),
+            Err(e) if is_absent(&e) => Ok(()),
+            Err(source) => Err(ApplyError::Io {
+                op: "inspect",
+                path: target,
+                source,
+            }),
+        }
+    }
+
+    /// Removes everything under `dir` that this layer did not put there.
+    /// Directories this layer created or wrote into are kept and cleaned
+    /// recursively: under an opaque directory nothing from lower layers
+    /// shows through, however deep.
+    fn clear_opaque(&self, dir: &Path) -> Result<(), ApplyError> {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            // Collect first: removing entries while reading a directory may
+            // make readdir skip or repeat entries.
+            let mut children = Vec::new();
+            for ent in fs::read_dir(&d).map_err(io_at("read directory", &d))? {
+                let ent = ent.map_err(io_at("read directory", &d))?;
+                let ft = ent.file_type().map_err(io_at("inspect", &ent.path()))?;
+                children.push((ent.path(), ft.is_dir()));
+            }
+            for (p, is_dir) in children {
+                if self.unpacked.contains(&p) || self.ancestors.contains(&p) {
+                    if is_dir {
+                        stack.push(p);
+                    }
+                } else {
+                    remove_any(&p, is_dir)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a hard link's target name to an existing host path in the
+    /// root, with the same rules as entry names.
+    fn hardlink_target(&self, raw: &[u8], entry: &str) -> Result<PathBuf, ApplyError> {
+        let target = String::from_utf8_lossy(raw).into_owned();
+        let escape = || ApplyError::LinkEscape {
+            entry: entry.to_owned(),
+            target: target.clone(),
+        };
+        let comps = match normalize(raw) {
+            Ok(c) if c.is_empty() => return Err(escape()),
+            Ok(c) => c,
+            Err(NameError::Escape) => return Err(escape()),
+            Err(NameError::Nul) => {
+                return Err(ApplyError::InvalidEntry {
+                    entry: entry.to_owned(),
+                    reason: "hard link target contains a NUL byte".into(),
+                });
+            }
+        };
+        let resolved = resolve_components(self.root, comps.into_iter().map(Step::Name), entry)?;
+        let p = join_all(self.root, &resolved);
+        match fs::symlink_metadata(&p) {
+            Ok(_) => Ok(p),
+            Err(e) if is_absent(&e) => Err(ApplyError::LinkTargetMissing {
+                entry: entry.to_owned(),
+                target,
+            }),
+            Err(source) => Err(ApplyError::Io {
+                op: "inspect",
+                path: p,
+                source,
+            }),
+        }
+    }
+
+    /// Notes that this layer produced `path` (for opaque whiteouts).
+    fn record(&mut self, path: &Path) {
+        let mut cur = path.parent();
+        while let Some(p) = cur {
+            if p == self.root || !p.starts_with(self.root) {
+                break;
+            }
+            if !self.ancestors.insert(p.to_path_buf()) {
+                // Its own ancestors are recorded already.
+                break;
+            }
+            cur = p.parent();
+        }
+        self.unpacked.insert(path.to_path_buf());
+    }
+
+    /// Applies directory modes and mtimes, children before parents.
+    fn finish_dirs(&mut self) -> Result<(), ApplyError> {
+        for (path, meta) in std::mem::take(&mut self.dirs).iter().rev() {
+            // A later entry or whiteout may have replaced or removed it.
+            match fs::symlink_metadata(path) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => continue,
+                Err(e) if is_absent(&e) => continue,
+                Err(source) => {
+                    return Err(ApplyError::Io {
+                        op: "inspect",
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            }
+            fs::set_permissions(path, Permissions::from_mode(meta.mode))
+                .map_err(io_at("set mode of", path))?;
+            // Path-based utimensat needs no read permission on the directory
+            // (File::open + set_times would for a mode-0 one when unprivileged).
+            set_times_nofollow(path, meta.mtime)?;
+        }
+        Ok(())
+    }
+}
+
+enum NameError {
+    Escape,
+    Nul,
+}
+
+/// Normalises an entry name into its components below the root: `/`, `.`
+/// and empty components dropped, `..` applied lexically (as containerd's
+/// `filepath.Clean`), and an error if `..` would climb above the root.
+fn normalize(raw: &[u8]) -> Result<Vec<OsString>, NameError> {
+    if raw.contains(&0) {
+        return Err(NameError::Nul);
+    }
+    let mut comps: Vec<OsString> = Vec::new();
+    for part in raw.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                if comps.pop().is_none() {
+                    return Err(NameError::Escape);
+                }
+            }
+            name => comps.push(OsStr::from_bytes(name).to_owned()),
+        }
+    }
+    Ok(comps)
+}
+
+/// A device number from the header. Some writers leave the field blank
+/// (NULs or spaces); like Go's archive/tar, that reads as 0.
+fn dev_number(parsed: io::Result<Option<u32>>, raw: Option<&[u8]>) -> Result<u32, String> {
+    match parsed {
+        Ok(n) => Ok(n.unwrap_or(0)),
+        Err(_) if raw.is_some_and(|f| f.iter().all(|&b| b == 0 || b == b' ')) => Ok(0),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses a PAX time ("secs[.frac]", possibly negative), bounded as
+/// containerd does. `None` if malformed.
+fn parse_pax_time(v: &[u8]) -> Option<Time> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i64 = int.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Nanoseconds from the first nine fractional digits, zero-padded.
+    let mut nanos: u32 = 0;
+    for i in 0..9 {
+        let digit = frac.as_bytes().get(i).map_or(0, |b| u32::from(b - b'0'));
+        nanos = nanos * 10 + digit;
+    }
+    if int.starts_with('-') {
+        // Before the epoch: bounded to the epoch anyway.
+        return Some(Time::EPOCH);
+    }
+    Some(Time::bounded(secs, nanos))
+}
+
+fn set_times_nofollow(path: &Path, t: Time) -> Result<(), ApplyError> {
+    rustix::fs::utimensat(CWD, path, &t.timestamps(), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
+        ApplyError::Io {
+            op: "set times of",
+            path: path.to_path_buf(),
+            source: e.into(),
+        }
+    })
+}
+
+enum XattrOn<'a> {
+    File(&'a File, &'a Path),
+    Path(&'a Path),
+}
+
+/// Sets PAX `SCHILY.xattr.*` attributes. Unsupported attributes (ENOTSUP:
+/// filesystem without xattrs or unknown namespace) and forbidden ones
+/// (EPERM: `trusted.*`/`security.*` unprivileged, `user.*` on a symlink or
+/// device) are ignored, as containerd does.
+fn set_xattrs(on: XattrOn<'_>, xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), ApplyError> {
+    for (name, value) in xattrs {
+        let name = OsStr::from_bytes(name);
+        let (r, path) = match on {
+            XattrOn::File(f, p) => (
+                rustix::fs::fsetxattr(f, name, value, XattrFlags::empty()),
+                p,
+            ),
+            XattrOn::Path(p) => (
+                rustix::fs::lsetxattr(p, name, value, XattrFlags::empty()),
+                p,
+            ),
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if e == Errno::NOTSUP || e == Errno::PERM => {}
+            Err(e) => {
+                return Err(ApplyError::Io {
+                    op: "set extended attribute on",
+                    path: path.to_path_buf(),
+                    source: e.into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies an entry's data, telling read errors (the layer) from write
+/// errors (the destination).
+fn copy_data(
+    from: &mut impl Read,
+    to: &mut File,
+    path: &Path,
+    buf: &mut [u8],
+) -> Result<u64, ApplyError> {
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => return Err(ApplyError::Tar { source }),
+        };
+        let chunk = buf.get(..n).unwrap_or_default();
+        to.write_all(chunk).map_err(io_at("write", path))?;
+        total += n as u64;
+    }
+}
+
+/// Removes a file, symlink or whole directory tree (std's remove_dir_all
+/// does not follow symlinks inside the tree).
+fn remove_any(path: &Path, is_dir: bool) -> Result<(), ApplyError> {
+    if is_dir {
+        fs::remove_dir_all(path).map_err(io_at("remove directory", path))
+    } else {
+        fs::remove_file(path).map_err(io_at("remove", path))
+    }
+}
+
+fn join_all(root: &Path, comps: &[OsString]) -> PathBuf {
+    let mut p = root.to_path_buf();
+    p.extend(comps);
+    p
+}
+
+/// Missing, or a parent is not a directory (so it cannot exist either).
+fn is_absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+fn io_at(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ApplyError + use<> {
+    let path = path.to_path_buf();
+    move |source| ApplyError::Io { op, path, source }
+}
+
+fn tar_err(source: io::Error) -> ApplyError {
+    ApplyError::Tar { source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use tar::{EntryType, Header};
+
+    /// Builds layer tars from raw headers, so that names the `tar` crate's
+    /// Builder refuses (`..`, absolute) can be written too.
+    struct Layer(tar::Builder<Vec<u8>>);
+
+    impl Layer {
+        fn new() -> Self {
+            Layer(tar::Builder::new(Vec::new()))
+        }
+
+        fn header(name: &str, kind: EntryType, mode: u32, mtime: u64, size: u64) -> Header {
+            let mut h = Header::new_ustar();
+            // Raw bytes into the name field: no validation at all.
+            let field = &mut h.as_old_mut().name;
+            field.fill(0);
+            field[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_mtime(mtime);
+            h.set_size(size);
+            h.set_uid(0);
+            h.set_gid(0);
+            h
+        }
+
+        fn raw(mut self, mut h: Header, data: &[u8]) -> Self {
+            h.set_cksum();
+            self.0.append(&h, data).unwrap();
+            self
+        }
+
+        fn file(self, name: &str, mode: u32, mtime: u64, data: &[u8]) -> Self {
+            let h = Self::header(name, EntryType::Regular, mode, mtime, data.len() as u64);
+            self.raw(h, data)
+        }
+
+        fn dir(self, name: &str, mode: u32, mtime: u64) -> Self {
+            let h = Self::header(name, EntryType::Directory, mode, mtime, 0);
+            self.raw(h, b"")
+        }
+
+        fn symlink(self, name: &str, target: &str, mtime: u64) -> Self {
+            let mut h = Self::header(name, EntryType::Symlink, 0o777, mtime, 0);
+            h.set_link_name_literal(target).unwrap();
+            self.raw(h, b"")
+        }
+
+        /// Real writers give a link the metadata of its target.
+        fn hardlink(self, name: &str, target: &str, mode: u32, mtime: u64) -> Self {
+            let mut h = Self::header(name, EntryType::Link, mode, mtime, 0);
+            h.set_link_name_literal(target).unwrap();
+            self.raw(h, b"")
+        }
+
+        /// A PAX extended header applying to the next member.
+        fn pax(self, records: &[(&str, &[u8])]) -> Self {
+            let mut data = Vec::new();
+            for (k, v) in records {
+                // "LEN key=value\n" where LEN counts itself.
+                let body = k.len() + v.len() + 3;
+                let mut len = body + 1;
+                while len != body + len.to_string().len() {
+                    len = body + len.to_string().len();
+                }
+                data.extend_from_slice(format!("{len} {k}=").as_bytes());
+                data.extend_from_slice(v);
+                data.push(b'\n');
+            }
+            let h = Self::header("PaxHeader", EntryType::XHeader, 0o644, 0, data.len() as u64);
+            self.raw(h, &data)
+        }
+
+        fn finish(self) -> Vec<u8> {
+            self.0.into_inner().unwrap()
+        }
+    }
+
+    /// A scratch directory with the destination root inside it, so that
+    /// escapes into the parent can be detected.
+    fn scratch() -> (tempfile::TempDir, PathBuf) {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("root");
+        fs::create_dir(&root).unwrap();
+        (base, root)
+    }
+
+    fn apply(root: &Path, tar: &[u8]) -> Result<ApplyStats, ApplyError> {
+        apply_layer(root, tar)
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    fn mtime_of(p: &Path) -> i64 {
+        fs::symlink_metadata(p).unwrap().mtime()
+    }
+
+    fn is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    #[test]
+    fn apply_plain_entries_with_modes_and_mtimes() {
+        let (_base, root) = scratch();
+        let tar = Layer::new()
+            .dir("a/", 0o750, 1_000)
+            .file("a/f", 0o640, 2_000, b"hello")
+            .symlink("a/l", "f", 3_000)
+            .hardlink("a/h", "a/f", 0o640, 2_000)
+            .dir("a/sub", 0o700, 4_000)
+            .file("a/sub/g", 0o600, 5_000, b"!")
+            .finish();
+        let stats = apply(&root, &tar).unwrap();
+        assert_eq!(
+            stats,
+            ApplyStats {
+                entries: 6,
+                bytes: 6,
+                skipped_devices: 0
+            }
+        );
+        let a = root.join("a");
+        assert!(fs::symlink_metadata(&a).unwrap().is_dir());
+        assert_eq!(mode_of(&a), 0o750);
+        // Applied after the children were written.
+        assert_eq!(mtime_of(&a), 1_000);
+        assert_eq!(mode_of(&a.join("sub")), 0o700);
+        assert_eq!(mtime_of(&a.join("sub")), 4_000);
+        assert_eq!(fs::read(a.join("f")).unwrap(), b"hello");
+        assert_eq!(mode_of(&a.join("f")), 0o640);
+        // The hard link shares the inode (and its metadata).
+        let f = fs::metadata(a.join("f")).unwrap();
+        let h = fs::metadata(a.join("h")).unwrap();
+        assert_eq!(f.ino(), h.ino());
+        assert_eq!(f.nlink(), 2);
+        assert_eq!(mtime_of(&a.join("f")), 2_000);
+        assert_eq!(fs::read_link(a.join("l")).unwrap(), Path::new("f"));
+        assert_eq!(mtime_of(&a.join("l")), 3_000);
+        assert_eq!(fs::read(a.join("sub/g")).unwrap(), b"!");
+        assert_eq!(mtime_of(&a.join("sub/g")), 5_000);
+    }
+
+    #[test]
+    fn apply_keeps_setuid_setgid_sticky_and_owner() {
+        let (_base, root) = scratch();
+        let mut suid = Layer::header("bin/su", EntryType::Regular, 0o4755, 0, 2);
+        suid.set_uid(1000);
+        suid.set_gid(1000);
+        let tar = Layer::new()
+            .dir("bin", 0o755, 0)
+            .raw(suid, b"#!")
+            .file("bin/sg", 0o2711, 0, b"")
+            .dir("tmp", 0o1777, 0)
+            .finish();
+        apply(&root, &tar).unwrap();
+        assert_eq!(mode_of(&root.join("bin/su")), 0o4755);
+        assert_eq!(mode_of(&root.join("bin/sg")), 0o2711);
+        assert_eq!(mode_of(&root.join("tmp")), 0o1777);
+        if is_root() {
+            let md = fs::metadata(root.join("bin/su")).unwrap();
+            assert_eq!((md.uid(), md.gid()), (1000, 1000));
+        }
+    }
+
+    #[test]
+    fn apply_whiteout_removes_file_and_tree() {
+        let (_base, root) = scratch();
+        fs::write(root.join("a.txt"), b"lower").unwrap();
+        fs::create_dir_all(root.join("tree/x/y")).unwrap();
+        fs::write(root.join("tree/x/y/z"), b"lower").unwrap();
+        fs::write(root.join("keep"), b"lower").unwrap();
+        let tar = Layer::new()
+            .file(".wh.a.txt", 0o644, 0, b"")
+            .file(".wh.tree", 0o644, 0, b"")
+            .file(".wh.absent", 0o644, 0, b"")
+            .file(".wh..wh.plnk", 0o644, 0, b"")
+            .finish();
+        let stats = apply(&root, &tar).unwrap();
+        assert_eq!(stats.entries, 4);
+        let mut names: Vec<_> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        // Only the untouched file; no whiteout file was materialised.
+        assert_eq!(names, vec![OsString::from("keep")]);
+    }
+
+    #[test]
+    fn apply_opaque_dir_keeps_same_layer_entries() {
+        let (_base, root) = scratch();
+        fs::create_dir_all(root.join("d/sub")).unwrap();
+        fs::create_dir_all(root.join("d/gone")).unwrap();
+        fs::write(root.join("d/lower"), b"lower").unwrap();
+        fs::write(root.join("d/sub/lower2"), b"lower").unwrap();
+        fs::write(root.join("d/gone/x"), b"lower").unwrap();
+        fs::write(root.join("outside"), b"lower").unwrap();
+        let tar = Layer::new()
+            .dir("d/", 0o755, 0)
+            .file("d/new1", 0o644, 0, b"1")
+            // Written into a lower directory with no entry of its own.
+            .file("d/sub/new3", 0o644, 0, b"3")
+            .file("d/.wh..wh..opq", 0o644, 0, b"")
+            .file("d/new2", 0o644, 0, b"2")
+            .finish();
+        apply(&root, &tar).unwrap();
+        let list = |p: &Path| {
+            let mut v: Vec<_> = fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(list(&root.join("d")), ["new1", "new2", "sub"]);
+        assert_eq!(list(&root.join("d/sub")), ["new3"]);
+        assert!(root.join("outside").exists());
+    }
+
+    #[test]
+    fn apply_rejects_parent_escape_and_writes_nothing_outside() {
+        let (base, root) = scratch();
+        for name in ["../escape", "a/../../escape", "./../escape"] {
+            let tar = Layer::new().file(name, 0o644, 0, b"x").finish();
+            let err = apply(&root, &tar).unwrap_err();
+            assert!(matches!(err, ApplyError::Escape { .. }), "{name}: {err}");
+            assert!(err.to_string().contains("escapes"), "{err}");
+            assert!(!base.path().join("escape").exists());
+        }
+        // `..` that stays inside is cleaned lexically.
+        let tar = Layer::new().file("a/../b", 0o644, 0, b"x").finish();
+        apply(&root, &tar).unwrap();
+        assert_eq!(fs::read(root.join("b")).unwrap(), b"x");
+        assert!(!root.join("a").exists());
+    }
+
+    #[test]
+    fn apply_absolute_entry_lands_inside_root() {
+        let (_base, root) = scratch();
+        let tar = Layer::new()
+            .file("/etc/rbuild-apply-absolute", 0o644, 0, b"inside")
+            .finish();
+        apply(&root, &tar).unwrap();
+        assert_eq!(
+            fs::read(root.join("etc/rbuild-apply-absolute")).unwrap(),
+            b"inside"
+        );
+        assert_eq!(mode_of(&root.join("etc")), 0o755);
+        assert!(!Path::new("/etc/rbuild-apply-absolute").exists());
+    }
+
+    #[test]
+    fn apply_through_absolute_symlink_stays_inside() {
+        let (_base, root) = scratch();
+        let host_before = fs::read("/etc/passwd").ok();
+        let tar = Layer::new()
+            .symlink("evil", "/", 0)
+            .file("evil/etc/passwd", 0o644, 0, b"root::0:0::/:/bin/sh\n")
+            .finish();
+        apply(&root, &tar).unwrap();
+        assert_eq!(
+            fs::read(root.join("etc/passwd")).unwrap(),
+            b"root::0:0::/:/bin/sh\n"
+        );
+        assert_eq!(fs::read_link(root.join("evil")).unwrap(), Path::new("/"));
+        assert_eq!(fs::read("/etc/passwd").ok(), host_before);
+    }
+
+    #[test]
+    fn apply_through_climbing_symlink_stays_inside() {
+        let (base, root) = scratch();
+        let probe = "rbuild-apply-escape-probe";
+        let tar = Layer::new()
+            .symlink("up", "../../..", 0)
+            .file(&format!("up/{probe}"), 0o644, 0, b"x")
+            .finish();
+        apply(&root, &tar).unwrap();
+        assert_eq!(fs::read(root.join(probe)).unwrap(), b"x");
+        assert!(!base.path().join(probe).exists());
+        assert!(!Path::new("/").join(probe).exists());
+    }
+
+    #[test]
+    fn apply_rejects_hardlink_escape() {
+        let (_base, root) = scratch();
+        let tar = Layer::new()
+            .hardlink("pw", "../../etc/passwd", 0o644, 0)
+            .finish();
+        let err = apply(&root, &tar).unwrap_err();
+        assert!(matches!(err, ApplyError::LinkEscape { .. }), "{err}");
+        assert!(!root.join("pw").exists());
+    }
+
+    #[test]
+    fn apply_hardlink_through_symlink_resolves_in_root() {
+        let (_base, root) = scratch();
+        // Nothing at root/etc/passwd: the link must not reach the host's.
+        let tar = Layer::new()
+            .symlink("evil", "/", 0)
+            .hardlink("pw", "evil/etc/passwd", 0o644, 0)
+            .finish();
+        let err = apply(&root, &tar).unwrap_err();
+        assert!(matches!(err, ApplyError::LinkTargetMissing { .. }), "{err}");
+        assert!(fs::symlink_metadata(root.join("pw")).is_err());
+
+        // With one inside, it is linked.
+        let (_base, root) = scratch();
+        let tar = Layer::new()
+            .file("etc/passwd", 0o644, 0, b"inside")
+            .symlink("evil", "/", 0)
+            .hardlink("pw", "evil/etc/passwd", 0o644, 0)
+            .finish();
+        apply(&root, &tar).unwrap();
+        assert_eq!(
+            fs::metadata(root.join("pw")).unwrap().ino(),
+            fs::metadata(root.join("etc/passwd")).unwrap().ino()
+        );
+    }
+
+    #[test]
+    fn apply_replaces_symlink_at_destination_instead_of_following() {
+        let (base, root) = scratch();
+        let outside = base.path().join("outside-target");
+        fs::write(&outside, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("f")).unwrap();
+        std::os::unix::fs::symlink(base.path(), root.join("d")).unwrap();
+        let tar = Layer::new()
+            .file("f", 0o600, 0, b"new")
+            .dir("d", 0o755, 0)
+            .finish();
+        apply(&root, &tar).unwrap();
+        let md = fs::symlink_metadata(root.join("f")).unwrap();
+        assert!(md.file_type().is_file());
+        assert_eq!(fs::read(root.join("f")).unwrap(), b"new");
+        assert_eq!(fs::read(&outside).unwrap(), b"untouched");
+        assert!(fs::symlink_metadata(root.join("d")).unwrap().is_dir());
+    }
+
+    #[test]
+    fn apply_replaces_and_merges_existing_entries() {
+        let (_base, root) = scratch();
+        fs::create_dir_all(root.join("dir/old")).unwrap();
+        fs::write(root.join("dir/old/x"), b"x").unwrap();
+        fs::create_dir(root.join("keep")).unwrap();
+        fs::write(root.join("keep/lower"), b"lower").unwrap();
+        fs::write(root.join("file"), b"file").unwrap();
+        let tar = Layer::new()
+            // A file replaces a directory tree.
+            .file("dir", 0o644, 0, b"now a file")
+            // A directory merges with a directory and updates its metadata.
+            .dir("keep", 0o711, 7)
+            // A directory replaces a file.
+            .dir("file", 0o755, 0)
+            .finish();
+        apply(&root, &tar).unwrap();
+        assert_eq!(fs::read(root.join("dir")).unwrap(), b"now a file");
+        assert_eq!(fs::read(root.join("keep/lower")).unwrap(), b"lower");
+        assert_eq!(mode_of(&root.join("keep")), 0o711);
+        assert_eq!(mtime_of(&root.join("keep")), 7);
+        assert!(fs::metadata(root.join("file")).unwrap().is_dir());
+    }
+
+    #[test]
+    fn apply_parent_that_is_a_file_is_an_error() {
+        let (_base, root) = scratch();
+        let tar = Layer::new()
+            .file("f", 0o644, 0, b"")
+            .file("f/x", 0o644, 0, b"")
+            .finish();
+        let err = apply(&root, &tar).unwrap_err();
+        assert!(matches!(err, ApplyError::NotADirectory { .. }), "{err}");
+    }
+
+    #[test]
+    fn apply_symlink_loop_is_an_error() {
+        let (_base, root) = scratch();
+        let tar = Layer::new()
+            .symlink("a", "b", 0)
+            .symlink("b", "a", 0)
+            .file("a/x", 0o644, 0, b"")
+            .finish();
+        let err = apply(&root, &tar).unwrap_err();
+        assert!(matches!(err, ApplyError::TooManyLinks { .. }), "{err}");
+    }
+
+    #[test]
+    fn apply_gzip_layer() {
+        use std::io::Write as _;
+        let (_base, root) = scratch();
+        let tar = Layer::new()
+            .dir("g", 0o755, 0)
+            .file("g/z", 0o644, 0, b"zipped")
+            .finish();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let stats = apply(&root, &gz).unwrap();
+        assert_eq!(stats.entries, 2);
+        assert_eq!(stats.bytes, 6);
+        assert_eq!(fs::read(root.join("g/z")).unwrap(), b"zipped");
+
+        // A corrupt gzip trailer is noticed.
+        let mut bad = gz.clone();
+        let n = bad.len();
+        bad[n - 5] ^= 0xff;
+        let (_base, root) = scratch();
+        assert!(matches!(apply(&root, &bad), Err(ApplyError::Tar { .. })));
+    }
+
+    #[test]
+    fn apply_zstd_is_refused_clearly() {
+        let (_base, root) = scratch();
+        let err = apply(&root, &[0x28, 0xb5, 0x2f, 0xfd, 0, 0]).unwrap_err();
+        assert!(matches!(
+            err,
+            ApplyError::UnsupportedCompression { format: "zstd" }
+        ));
+        assert_eq!(err.to_string(), "zstd layers are not supported yet");
+    }
+
+    #[test]
+    fn apply_empty_stream_and_root_entry() {
+        let (_base, root) = scratch();
+        assert_eq!(apply(&root, b"").unwrap(), ApplyStats::default());
+        let before = mode_of(&root);
+        let tar = Layer::new().dir("./", 0o700, 0).finish();
+        assert_eq!(apply(&root, &tar).unwrap().entries, 1);
+        assert_eq!(mode_of(&root), before);
+    }
+
+    #[test]
+    fn apply_pax_mtime_and_xattrs() {
+        let (_base, root) = scratch();
+        let tar = Layer::new()
+            .pax(&[
+                ("mtime", b"1700000000.25"),
+                ("SCHILY.xattr.user.rbuild", b"v"),
+            ])
+            .file("x", 0o644, 5, b"")
+            .pax(&[("SCHILY.xattr.trusted.rbuild", b"t")])
+            .symlink("l", "x", 0)
+            .finish();
+        apply(&root, &tar).unwrap();
+        let md = fs::metadata(root.join("x")).unwrap();
+        assert_eq!((md.mtime(), md.mtime_nsec()), (1_700_000_000, 250_000_000));
+        // Set if the filesystem supports user xattrs; ignored otherwise.
+        let mut buf = [0u8; 8];
+        if let Ok(n) = rustix::fs::lgetxattr(root.join("x"), "user.rbuild", &mut buf) {
+            assert_eq!(&buf[..n], b"v");
+        }
+    }
+
+    #[test]
+    fn apply_fifo_and_device() {
+        let (_base, root) = scratch();
+        let mut null = Layer::header("dev/null", EntryType::Char, 0o666, 0, 0);
+        null.set_device_major(1).unwrap();
+        null.set_device_minor(3).unwrap();
+        let tar = Layer::new()
+            .raw(Layer::header("p", EntryType::Fifo, 0o620, 9, 0), b"")
+            .raw(null, b"")
+            .finish();
+        let stats = apply(&root, &tar).unwrap();
+        let p = fs::symlink_metadata(root.join("p")).unwrap();
+        assert!(p.file_type().is_fifo());
+        assert_eq!(p.mode() & 0o7777, 0o620);
+        assert_eq!(p.mtime(), 9);
+        match fs::symlink_metadata(root.join("dev/null")) {
+            Ok(md) => {
+                assert!(md.file_type().is_char_device());
+                assert_eq!(md.rdev(), rustix::fs::makedev(1, 3));
+                assert_eq!(stats.skipped_devices, 0);
+            }
+            // No CAP_MKNOD (unprivileged, or a restricted container).
+            Err(_) => assert_eq!(stats.skipped_devices, 1),
+        }
+    }
+
+    #[test]
+    fn apply_unknown_type_is_refused() {
+        let (_base, root) = scratch();
+        let h = Layer::header("v", EntryType::new(b'V'), 0o644, 0, 0);
+        let tar = Layer::new().raw(h, b"").finish();
+        let err = apply(&root, &tar).unwrap_err();
+        assert!(matches!(err, ApplyError::UnsupportedEntry { .. }), "{err}");
+    }
+
+    #[test]
+    fn resolve_in_root_follows_parents_only() {
+        let (_base, root) = scratch();
+        fs::create_dir_all(root.join("real/dir")).unwrap();
+        std::os::unix::fs::symlink("/real", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("real/dir", root.join("rel")).unwrap();
+        std::os::unix::fs::symlink("../../../../..", root.join("up")).unwrap();
+        let r = |p: &str| resolve_in_root(&root, Path::new(p)).unwrap();
+        assert_eq!(r("abs/dir/x"), root.join("real/dir/x"));
+        assert_eq!(r("/rel/x"), root.join("real/dir/x"));
+        assert_eq!(r("rel/../x"), root.join("real/x"));
+        assert_eq!(r("up/etc/passwd"), root.join("etc/passwd"));
+        assert_eq!(r("../../x"), root.join("x"));
+        // The last component is not followed.
+        assert_eq!(r("abs"), root.join("abs"));
+        assert_eq!(r("rel"), root.join("rel"));
+        assert_eq!(r(""), root);
+    }
+
+    #[test]
+    fn pax_time_parsing() {
+        assert_eq!(
+            parse_pax_time(b"12.5"),
+            Some(Time {
+                secs: 12,
+                nanos: 500_000_000
+            })
+        );
+        assert_eq!(parse_pax_time(b"12"), Some(Time { secs: 12, nanos: 0 }));
+        assert_eq!(parse_pax_time(b"-3.5"), Some(Time::EPOCH));
+        assert_eq!(
+            parse_pax_time(b"1.0000000019"),
+            Some(Time { secs: 1, nanos: 1 })
+        );
+        assert_eq!(parse_pax_time(b"x"), None);
+        assert_eq!(parse_pax_time(b"1.x"), None);
+    }
+}

@@ -1,0 +1,341 @@
+//! What a base image's filesystem holds, read from its layer tarballs.
+//!
+//! COPY needs to know whether its destination is an existing directory,
+//! which parent directories it must create, and what user and group names
+//! mean in the image; all of that is answered here from the layers' headers
+//! (and the bytes of `/etc/passwd` and `/etc/group`) without unpacking them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, BufRead, BufReader, Read};
+
+/// Path component limit when following symlinks, as Linux has.
+const MAX_SYMLINKS: usize = 40;
+/// Only these small files' contents are kept.
+const KEPT_FILES: [&str; 2] = ["etc/passwd", "etc/group"];
+const MAX_KEPT_SIZE: u64 = 4 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeKind {
+    Directory,
+    File,
+    Symlink(String),
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub kind: NodeKind,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: u64,
+}
+
+/// A base image's merged filesystem tree (metadata only).
+#[derive(Debug, Clone, Default)]
+pub struct BaseFs {
+    nodes: BTreeMap<String, Node>,
+    files: HashMap<String, Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("unable to find user {0}: no matching entries in passwd file")]
+    NoUser(String),
+    #[error("unable to find group {0}: no matching entries in group file")]
+    NoGroup(String),
+    #[error("invalid user or group id {0:?}: ids must be at most 4294967295")]
+    OutOfRange(String),
+    #[error("invalid user {0:?}")]
+    Invalid(String),
+}
+
+/// A resolved `user[:group]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl BaseFs {
+    /// An empty filesystem (`FROM scratch`).
+    pub fn empty() -> BaseFs {
+        BaseFs::default()
+    }
+
+    /// Applies one layer (uncompressed or gzip) on top of what is known.
+    pub fn apply_layer(&mut self, layer: impl Read) -> io::Result<()> {
+        let mut archive = tar::Archive::new(decompress(layer)?);
+        let mut removals = Vec::new();
+        let mut additions = Vec::new();
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let raw = entry.path()?.to_string_lossy().into_owned();
+            let Some(path) = normalize(&raw) else { continue };
+            let (dir, name) = match path.rsplit_once('/') {
+                Some((d, n)) => (d.to_string(), n.to_string()),
+                None => (String::new(), path.clone()),
+            };
+            if name == ".wh..wh..opq" {
+                removals.push((dir, true));
+                continue;
+            }
+            if let Some(hidden) = name.strip_prefix(".wh.") {
+                removals.push((join(&dir, hidden), false));
+                continue;
+            }
+            let header = entry.header();
+            let kind = match header.entry_type() {
+                tar::EntryType::Directory => NodeKind::Directory,
+                tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Link => NodeKind::File,
+                tar::EntryType::Symlink => NodeKind::Symlink(
+                    entry.link_name()?.map(|l| l.to_string_lossy().into_owned()).unwrap_or_default(),
+                ),
+                _ => NodeKind::Other,
+            };
+            let header = entry.header();
+            let node = Node {
+                kind,
+                mode: header.mode()? & 0o7777,
+                uid: header.uid()?,
+                gid: header.gid()?,
+                mtime: header.mtime()?,
+            };
+            if KEPT_FILES.contains(&path.as_str()) && entry.size() <= MAX_KEPT_SIZE {
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes)?;
+                self.files.insert(path.clone(), bytes);
+            }
+            additions.push((path, node));
+        }
+        // Whiteouts hide what lower layers had; this layer's own entries
+        // are added afterwards.
+        for (path, opaque) in removals {
+            self.remove_tree(&path, !opaque);
+        }
+        for (path, node) in additions {
+            if node.kind != NodeKind::Directory {
+                self.remove_tree(&path, false);
+            }
+            self.nodes.insert(path, node);
+        }
+        Ok(())
+    }
+
+    /// Removes everything below `path`, and `path` itself when `itself`.
+    fn remove_tree(&mut self, path: &str, itself: bool) {
+        if itself {
+            self.nodes.remove(path);
+            self.files.remove(path);
+        }
+        let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
+        let doomed: Vec<String> = self.nodes.range(prefix.clone()..).map(|(k, _)| k).take_while(|k| k.starts_with(&prefix)).cloned().collect();
+        for k in doomed {
+            self.nodes.remove(&k);
+            self.files.remove(&k);
+        }
+    }
+
+    /// Looks a path up, following symlinks (also in the last component)
+    /// within the image's root. Returns the resolved path and its node.
+    pub fn resolve(&self, path: &str) -> Option<(String, &Node)> {
+        let resolved = self.resolve_path(path, true)?;
+        if resolved.is_empty() {
+            return None;
+        }
+        self.nodes.get(&resolved).map(|n| (resolved, n))
+    }
+
+    /// Whether `path` is an existing directory (through symlinks).
+    pub fn is_dir(&self, path: &str) -> bool {
+        let Some(resolved) = self.resolve_path(path, true) else { return false };
+        resolved.is_empty() || self.nodes.get(&resolved).is_some_and(|n| n.kind == NodeKind::Directory)
+    }
+
+    /// Resolves parent components (and the last one when `follow_last`)
+    /// through symlinks, treating the image root as `/`.
+    pub fn resolve_path(&self, path: &str, follow_last: bool) -> Option<String> {
+        let mut pending: Vec<String> = components(path).into_iter().rev().collect();
+        let mut resolved: Vec<String> = Vec::new();
+        let mut links = 0;
+        while let Some(component) = pending.pop() {
+            match component.as_str() {
+                "." | "" => continue,
+                ".." => {
+                    resolved.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            resolved.push(component);
+            let is_last = pending.is_empty();
+            let current = resolved.join("/");
+            if let Some(Node { kind: NodeKind::Symlink(target), .. }) = self.nodes.get(&current) {
+                if is_last && !follow_last {
+                    break;
+                }
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return None;
+                }
+                resolved.pop();
+                if target.starts_with('/') {
+                    resolved.clear();
+                }
+                for c in components(target).into_iter().rev() {
+                    pending.push(c);
+                }
+            }
+        }
+        Some(resolved.join("/"))
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Node> {
+        self.nodes.get(path)
+    }
+
+    /// The content of a small file the index keeps (`etc/passwd`, `etc/group`).
+    pub fn file(&self, path: &str) -> Option<&[u8]> {
+        self.files.get(path).map(Vec::as_slice)
+    }
+
+    /// Resolves `user[:group]` the way docker does for `COPY --chown`:
+    /// names through the image's /etc/passwd and /etc/group, numbers as
+    /// they are; a user without a group gets the user's primary group when
+    /// named, or the same number as its uid when numeric.
+    pub fn owner(&self, spec: &str) -> Result<Owner, UserError> {
+        let (user, group) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        if user.is_empty() {
+            return Err(UserError::Invalid(spec.to_string()));
+        }
+        let (uid, primary_gid) = match parse_id(user)? {
+            Some(uid) => (uid, uid),
+            None => self.passwd_lookup(user).ok_or_else(|| UserError::NoUser(user.to_string()))?,
+        };
+        let gid = match group {
+            None | Some("") => primary_gid,
+            Some(group) => match parse_id(group)? {
+                Some(gid) => gid,
+                None => self.group_lookup(group).ok_or_else(|| UserError::NoGroup(group.to_string()))?,
+            },
+        };
+        Ok(Owner { uid, gid })
+    }
+
+    fn passwd_lookup(&self, name: &str) -> Option<(u32, u32)> {
+        let passwd = self.file("etc/passwd")?;
+        BufReader::new(passwd).lines().map_while(Result::ok).find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.len() >= 4 && fields[0] == name)
+                .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
+                .flatten()
+        })
+    }
+
+    fn group_lookup(&self, name: &str) -> Option<u32> {
+        let group = self.file("etc/group")?;
+        BufReader::new(group).lines().map_while(Result::ok).find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.len() >= 3 && fields[0] == name).then(|| fields[2].parse().ok()).flatten()
+        })
+    }
+}
+
+/// A number is an id (rejected above 2^32-1); anything else is a name.
+fn parse_id(s: &str) -> Result<Option<u32>, UserError> {
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(None);
+    }
+    s.parse::<u32>().map(Some).map_err(|_| UserError::OutOfRange(s.to_string()))
+}
+
+fn components(path: &str) -> Vec<String> {
+    path.split('/').filter(|c| !c.is_empty()).map(str::to_string).collect()
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") }
+}
+
+/// A layer entry's name as a clean relative path; None for the root itself.
+fn normalize(raw: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in raw.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+/// Wraps a layer stream in a gzip decoder when it starts with gzip's magic.
+pub fn decompress<'a>(layer: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+    let mut reader = BufReader::with_capacity(1 << 16, layer);
+    let magic = reader.fill_buf()?;
+    if magic.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(reader)))
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "zstd-compressed layers are not supported yet"))
+    } else {
+        Ok(Box::new(reader))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::{Entry, EntryKind, LayerWriter};
+
+    fn layer(entries: &[(&str, EntryKind)]) -> Vec<u8> {
+        let mut w = LayerWriter::new(Vec::new());
+        for (path, kind) in entries {
+            let mode = if *kind == EntryKind::Directory { 0o755 } else { 0o644 };
+            w.add(&Entry { path: path.to_string(), kind: kind.clone(), mode, uid: 0, gid: 0, mtime: 0 }).unwrap();
+        }
+        w.finish().unwrap().2
+    }
+
+    #[test]
+    fn whiteouts_symlinks_and_users() {
+        let mut fs = BaseFs::empty();
+        fs.apply_layer(&layer(&[
+            ("etc", EntryKind::Directory),
+            ("etc/passwd", EntryKind::Bytes(b"root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n".to_vec())),
+            ("etc/group", EntryKind::Bytes(b"root:x:0:\nstaff:x:50:app\n".to_vec())),
+            ("usr", EntryKind::Directory),
+            ("usr/lib", EntryKind::Directory),
+            ("lib", EntryKind::Symlink { target: "usr/lib".into() }),
+            ("gone", EntryKind::Directory),
+            ("gone/f", EntryKind::Bytes(vec![])),
+            ("opq", EntryKind::Directory),
+            ("opq/old", EntryKind::Bytes(vec![])),
+        ])[..])
+        .unwrap();
+        fs.apply_layer(&layer(&[
+            (".wh.gone", EntryKind::Bytes(vec![])),
+            ("opq", EntryKind::Directory),
+            ("opq/.wh..wh..opq", EntryKind::Bytes(vec![])),
+            ("opq/new", EntryKind::Bytes(vec![])),
+        ])[..])
+        .unwrap();
+        assert!(fs.is_dir("/lib"));
+        assert!(fs.is_dir("/"));
+        assert_eq!(fs.resolve("/lib/../../etc/passwd").map(|(p, _)| p).as_deref(), Some("etc/passwd"));
+        assert!(fs.get("gone").is_none() && fs.get("gone/f").is_none());
+        assert!(fs.get("opq/old").is_none() && fs.get("opq/new").is_some());
+        assert_eq!(fs.owner("app").unwrap(), Owner { uid: 1000, gid: 1001 });
+        assert_eq!(fs.owner("app:staff").unwrap(), Owner { uid: 1000, gid: 50 });
+        assert_eq!(fs.owner("7").unwrap(), Owner { uid: 7, gid: 7 });
+        assert_eq!(fs.owner("7:root").unwrap(), Owner { uid: 7, gid: 0 });
+        assert!(matches!(fs.owner("nobody"), Err(UserError::NoUser(_))));
+        assert!(matches!(fs.owner("app:nope"), Err(UserError::NoGroup(_))));
+        assert!(matches!(fs.owner("4294967296"), Err(UserError::OutOfRange(_))));
+    }
+}

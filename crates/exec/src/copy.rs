@@ -1,0 +1,385 @@
+//! `COPY` from a build context: which files it adds and where, as layer
+//! entries.
+//!
+//! The rules are docker's: sources are relative to the context root and
+//! cannot leave it; wildcards follow Go's `filepath.Match`; a directory
+//! source copies its contents; several sources need a destination that ends
+//! with `/`; a file copied onto an existing directory lands inside it;
+//! missing parent directories are created. Files keep their mode and mtime;
+//! owners become root (or `--chown`), and `--chmod` replaces modes.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::basefs::{BaseFs, Owner};
+use crate::layer::{Entry, EntryKind, entry_from_metadata};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("{0:?}: not found in the build context")]
+    NotFound(String),
+    #[error("{0:?}: no files in the build context match this pattern")]
+    NoMatch(String),
+    #[error("{0:?}: bad pattern: {1}")]
+    BadPattern(String, &'static str),
+    #[error("when copying more than one source, the destination must be a directory and end with a / (got {0:?})")]
+    DestinationNotDirectory(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// One `COPY` from a local context.
+#[derive(Debug, Clone)]
+pub struct CopySpec<'a> {
+    /// The build context's root on the host.
+    pub context: &'a Path,
+    /// Source paths or patterns, relative to the context root.
+    pub sources: &'a [String],
+    /// Absolute destination in the image, workdir already applied; a
+    /// trailing `/` means "a directory".
+    pub dest: &'a str,
+    pub owner: Option<Owner>,
+    pub chmod: Option<u32>,
+    /// Modification time for directories the copy creates.
+    pub created_dir_mtime: u64,
+}
+
+/// The layer entries a COPY adds on top of `base`, sorted, parents first.
+pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Vec<Entry>, CopyError> {
+    let context_root = fs::canonicalize(spec.context).map_err(|source| CopyError::Io { path: spec.context.to_path_buf(), source })?;
+    let mut matches: Vec<(String, PathBuf)> = Vec::new();
+    for source in spec.sources {
+        let found = find_sources(&context_root, source)?;
+        matches.extend(found.into_iter().map(|p| (source.clone(), p)));
+    }
+    let dest_is_dir_hint = spec.dest.ends_with('/') || spec.dest.ends_with("/.");
+    let has_wildcard = spec.sources.iter().any(|s| has_meta(s));
+    if (matches.len() > 1 || spec.sources.len() > 1) && !dest_is_dir_hint && !(has_wildcard && matches.len() == 1) {
+        return Err(CopyError::DestinationNotDirectory(spec.dest.to_string()));
+    }
+    // Resolve the destination through the base image's symlinks so entries
+    // name real paths, as an overlay diff of the same copy would.
+    let dest_clean = clean_rel(spec.dest);
+    let dest = base.resolve_path(&dest_clean, true).unwrap_or(dest_clean);
+
+    let mut out: BTreeMap<String, Entry> = BTreeMap::new();
+    let owner = spec.owner.unwrap_or(Owner { uid: 0, gid: 0 });
+    for (source, host_path) in &matches {
+        let meta = fs::metadata(host_path).map_err(|e| io_err(host_path, e))?;
+        if meta.is_dir() {
+            // The directory's contents go into dest.
+            create_parents(&dest, base, &owner, spec, &mut out, true);
+            if !dest.is_empty() && !base.is_dir(&dest) {
+                let mut entry = entry_from_metadata(host_path, dest.clone(), &meta).map_err(|e| io_err(host_path, e))?;
+                finish_entry(&mut entry, &owner, spec.chmod);
+                out.insert(dest.clone(), entry);
+            }
+            for mut entry in crate::layer::entries_of_tree(host_path, &dest).map_err(|e| io_err(host_path, e))? {
+                finish_entry(&mut entry, &owner, spec.chmod);
+                out.insert(entry.path.clone(), entry);
+            }
+        } else {
+            let name = host_path.file_name().and_then(|n| n.to_str()).ok_or_else(|| CopyError::NotFound(source.clone()))?;
+            let into_dir = dest_is_dir_hint || dest.is_empty() || base.is_dir(&dest) || out.get(&dest).is_some_and(|e| e.kind == EntryKind::Directory);
+            let target = if into_dir { join(&dest, name) } else { dest.clone() };
+            create_parents(&target, base, &owner, spec, &mut out, false);
+            // Sources are followed when they are symlinks: COPY copies
+            // what the name points to (inside the context).
+            let mut entry = entry_from_metadata(host_path, target.clone(), &meta).map_err(|e| io_err(host_path, e))?;
+            finish_entry(&mut entry, &owner, spec.chmod);
+            out.insert(target, entry);
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+fn finish_entry(entry: &mut Entry, owner: &Owner, chmod: Option<u32>) {
+    entry.uid = u64::from(owner.uid);
+    entry.gid = u64::from(owner.gid);
+    if let Some(mode) = chmod {
+        if !matches!(entry.kind, EntryKind::Symlink { .. }) {
+            entry.mode = mode;
+        }
+    }
+}
+
+/// Adds entries for the missing ancestors of `path` (and `path` itself when
+/// `inclusive`), owned like the copied files, as docker creates them.
+fn create_parents(path: &str, base: &BaseFs, owner: &Owner, spec: &CopySpec<'_>, out: &mut BTreeMap<String, Entry>, inclusive: bool) {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let upto = if inclusive { parts.len() } else { parts.len().saturating_sub(1) };
+    for i in 1..=upto {
+        let dir = parts[..i].join("/");
+        if base.is_dir(&dir) || out.contains_key(&dir) {
+            continue;
+        }
+        if inclusive && i == parts.len() {
+            // The caller writes the destination directory itself.
+            continue;
+        }
+        out.insert(
+            dir.clone(),
+            Entry { path: dir, kind: EntryKind::Directory, mode: 0o755, uid: u64::from(owner.uid), gid: u64::from(owner.gid), mtime: spec.created_dir_mtime },
+        );
+    }
+}
+
+fn io_err(path: &Path, source: io::Error) -> CopyError {
+    CopyError::Io { path: path.to_path_buf(), source }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") }
+}
+
+/// A path cleaned of `.`, `..` (clamped at the root) and repeated slashes,
+/// relative, without a trailing slash.
+pub fn clean_rel(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
+}
+
+fn has_meta(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// The host paths a source names, sorted. Symlinks are followed but must
+/// stay inside the context.
+fn find_sources(context_root: &Path, source: &str) -> Result<Vec<PathBuf>, CopyError> {
+    let cleaned = clean_rel(source);
+    let mut candidates = vec![context_root.to_path_buf()];
+    for component in cleaned.split('/').filter(|c| !c.is_empty()) {
+        let mut next = Vec::new();
+        for dir in &candidates {
+            if has_meta(component) {
+                let Ok(read) = fs::read_dir(dir) else { continue };
+                let mut names: Vec<String> = read.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+                names.sort();
+                for name in names {
+                    if glob_match(component, &name).map_err(|why| CopyError::BadPattern(source.to_string(), why))? {
+                        next.push(dir.join(name));
+                    }
+                }
+            } else {
+                next.push(dir.join(component));
+            }
+        }
+        candidates = next;
+    }
+    let mut found = Vec::new();
+    for candidate in candidates {
+        // canonicalize follows symlinks; the result must stay in the context.
+        match fs::canonicalize(&candidate) {
+            Ok(real) if real.starts_with(context_root) => found.push(real),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&candidate, e)),
+        }
+    }
+    if found.is_empty() {
+        return Err(if has_meta(source) { CopyError::NoMatch(source.to_string()) } else { CopyError::NotFound(source.to_string()) });
+    }
+    Ok(found)
+}
+
+/// Go's `filepath.Match` for one path component: `*`, `?`, `[class]` with
+/// ranges and `^` negation, and `\` escapes.
+pub fn glob_match(pattern: &str, name: &str) -> Result<bool, &'static str> {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    match_from(&p, &n)
+}
+
+fn match_from(p: &[char], n: &[char]) -> Result<bool, &'static str> {
+    let (mut pi, mut ni) = (0, 0);
+    // Backtracking point for the last `*`.
+    let mut star: Option<(usize, usize)> = None;
+    loop {
+        if pi < p.len() {
+            match p[pi] {
+                '*' => {
+                    star = Some((pi, ni));
+                    pi += 1;
+                    continue;
+                }
+                '?' if ni < n.len() && n[ni] != '/' => {
+                    pi += 1;
+                    ni += 1;
+                    continue;
+                }
+                '[' if ni < n.len() => {
+                    let (matched, len) = match_class(&p[pi..], n[ni])?;
+                    if matched {
+                        pi += len;
+                        ni += 1;
+                        continue;
+                    }
+                }
+                '\\' => {
+                    let Some(&c) = p.get(pi + 1) else { return Err("trailing backslash") };
+                    if ni < n.len() && n[ni] == c {
+                        pi += 2;
+                        ni += 1;
+                        continue;
+                    }
+                }
+                c if c != '[' && c != '?' && ni < n.len() && n[ni] == c => {
+                    pi += 1;
+                    ni += 1;
+                    continue;
+                }
+                '[' => {
+                    // Validate the class even when there is no character left.
+                    match_class(&p[pi..], '\0')?;
+                }
+                _ => {}
+            }
+        } else if ni == n.len() {
+            return Ok(true);
+        }
+        match star {
+            Some((sp, sn)) if sn < n.len() && n[sn] != '/' => {
+                star = Some((sp, sn + 1));
+                pi = sp + 1;
+                ni = sn + 1;
+            }
+            _ => {
+                // Keep validating the rest of the pattern as Go does.
+                validate(&p[pi.min(p.len())..])?;
+                return Ok(false);
+            }
+        }
+    }
+}
+
+fn validate(p: &[char]) -> Result<(), &'static str> {
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            '[' => i += match_class(&p[i..], '\0')?.1,
+            '\\' => {
+                if i + 1 >= p.len() {
+                    return Err("trailing backslash");
+                }
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Matches `c` against the class at the start of `p`; returns whether it
+/// matched and the class's length in pattern characters.
+fn match_class(p: &[char], c: char) -> Result<(bool, usize), &'static str> {
+    let mut i = 1;
+    let negated = p.get(i) == Some(&'^');
+    if negated {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    loop {
+        let Some(&ch) = p.get(i) else { return Err("unterminated character class") };
+        if ch == ']' && !first {
+            i += 1;
+            break;
+        }
+        first = false;
+        let lo = class_char(p, &mut i)?;
+        let hi = if p.get(i) == Some(&'-') && p.get(i + 1).is_some_and(|&x| x != ']') {
+            i += 1;
+            class_char(p, &mut i)?
+        } else {
+            lo
+        };
+        if lo > hi {
+            return Err("bad character range");
+        }
+        if lo <= c && c <= hi {
+            matched = true;
+        }
+    }
+    Ok((matched != negated, i))
+}
+
+fn class_char(p: &[char], i: &mut usize) -> Result<char, &'static str> {
+    match p.get(*i) {
+        Some('\\') => {
+            let c = *p.get(*i + 1).ok_or("trailing backslash")?;
+            *i += 2;
+            Ok(c)
+        }
+        Some(&c) if c != '-' || *i > 0 => {
+            *i += 1;
+            Ok(c)
+        }
+        _ => Err("bad character class"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_like_go() {
+        let cases = [
+            ("*.txt", "a.txt", true),
+            ("*.txt", "a.txs", false),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("[a-c]x", "bx", true),
+            ("[^a-c]x", "bx", false),
+            ("[^a-c]x", "dx", true),
+            ("\\*", "*", true),
+            ("*", "", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+        ];
+        for (p, n, want) in cases {
+            assert_eq!(glob_match(p, n), Ok(want), "{p} ~ {n}");
+        }
+        assert!(glob_match("[", "a").is_err());
+        assert!(glob_match("a\\", "a").is_err());
+    }
+
+    #[test]
+    fn copies_files_dirs_and_creates_parents() {
+        let ctx = tempfile::tempdir().unwrap();
+        fs::write(ctx.path().join("a.txt"), "a").unwrap();
+        fs::write(ctx.path().join("b.txt"), "b").unwrap();
+        fs::create_dir_all(ctx.path().join("d/sub")).unwrap();
+        fs::write(ctx.path().join("d/sub/x"), "x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", ctx.path().join("escape")).unwrap();
+        let base = BaseFs::empty();
+        let spec = |sources: &'static [String], dest: &'static str| CopySpec { context: ctx.path(), sources, dest, owner: None, chmod: None, created_dir_mtime: 0 };
+        let paths = |e: Vec<Entry>| e.into_iter().map(|e| e.path).collect::<Vec<_>>();
+
+        let one = vec!["a.txt".to_string()].leak();
+        assert_eq!(paths(copy_entries(&spec(one, "/app/"), &base).unwrap()), ["app", "app/a.txt"]);
+        assert_eq!(paths(copy_entries(&spec(one, "/app/renamed"), &base).unwrap()), ["app", "app/renamed"]);
+        let dir = vec!["d".to_string()].leak();
+        assert_eq!(paths(copy_entries(&spec(dir, "/data"), &base).unwrap()), ["data", "data/sub", "data/sub/x"]);
+        let glob = vec!["*.txt".to_string()].leak();
+        assert_eq!(paths(copy_entries(&spec(glob, "/g/"), &base).unwrap()), ["g", "g/a.txt", "g/b.txt"]);
+        assert!(matches!(copy_entries(&spec(glob, "/g"), &base), Err(CopyError::DestinationNotDirectory(_))));
+        let missing = vec!["nope".to_string()].leak();
+        assert!(matches!(copy_entries(&spec(missing, "/"), &base), Err(CopyError::NotFound(_))));
+        let escape = vec!["escape".to_string()].leak();
+        assert!(matches!(copy_entries(&spec(escape, "/"), &base), Err(CopyError::NotFound(_))));
+        let up = vec!["../../a.txt".to_string()].leak();
+        assert_eq!(paths(copy_entries(&spec(up, "/"), &base).unwrap()), ["a.txt"]);
+    }
+}

@@ -1,0 +1,289 @@
+//! Deterministic layer tarballs.
+//!
+//! Two writes of the same entries give the same bytes: entries are written
+//! in the order given (callers sort them), owners are numeric with empty
+//! names, only the modification time is kept (whole seconds), and names
+//! that do not fit a ustar header get a PAX `path`/`linkpath` record. The
+//! diff ID (sha256 of the uncompressed tar) is computed while writing.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use rbuild_oci::{Digest, Hasher};
+
+/// What one layer entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    Directory,
+    /// A regular file whose content is read from this host path.
+    File { source: std::path::PathBuf, size: u64 },
+    /// A regular file with inline content (heredocs, generated files).
+    Bytes(Vec<u8>),
+    Symlink { target: String },
+    /// A hard link to an earlier entry of the same layer.
+    Hardlink { target: String },
+}
+
+/// One entry of a layer: a path relative to the root, without a leading or
+/// trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub path: String,
+    pub kind: EntryKind,
+    /// Permission bits including setuid, setgid and sticky.
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    /// Seconds since the epoch.
+    pub mtime: u64,
+}
+
+/// Writes a layer tar to `W`, hashing it on the way.
+pub struct LayerWriter<W: Write> {
+    builder: tar::Builder<HashingWriter<W>>,
+}
+
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> LayerWriter<W> {
+    pub fn new(out: W) -> LayerWriter<W> {
+        LayerWriter { builder: tar::Builder::new(HashingWriter { inner: out, hasher: Hasher::new() }) }
+    }
+
+    /// Appends one entry.
+    pub fn add(&mut self, entry: &Entry) -> io::Result<()> {
+        let mut header = tar::Header::new_ustar();
+        header.set_mode(entry.mode & 0o7777);
+        header.set_uid(entry.uid);
+        header.set_gid(entry.gid);
+        header.set_mtime(entry.mtime);
+        header.set_size(0);
+        let mut pax: Vec<(&str, &[u8])> = Vec::new();
+        let name = match entry.kind {
+            EntryKind::Directory => format!("{}/", entry.path),
+            _ => entry.path.clone(),
+        };
+        if header.set_path(&name).is_err() || !name.is_ascii() {
+            pax.push(("path", name.as_bytes()));
+            set_truncated_name(&mut header, &name);
+        }
+        let link = match &entry.kind {
+            EntryKind::Symlink { target } | EntryKind::Hardlink { target } => Some(target.as_str()),
+            _ => None,
+        };
+        if let Some(target) = link {
+            if header.set_link_name(target).is_err() || !target.is_ascii() {
+                pax.push(("linkpath", target.as_bytes()));
+                // The ustar field is ignored when a PAX record is present.
+                let _ = header.set_link_name("");
+            }
+        }
+        if !pax.is_empty() {
+            self.builder.append_pax_extensions(pax)?;
+        }
+        match &entry.kind {
+            EntryKind::Directory => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_cksum();
+                self.builder.append(&header, io::empty())
+            }
+            EntryKind::Symlink { .. } => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_cksum();
+                self.builder.append(&header, io::empty())
+            }
+            EntryKind::Hardlink { .. } => {
+                header.set_entry_type(tar::EntryType::Link);
+                header.set_cksum();
+                self.builder.append(&header, io::empty())
+            }
+            EntryKind::Bytes(bytes) => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(bytes.len() as u64);
+                header.set_cksum();
+                self.builder.append(&header, bytes.as_slice())
+            }
+            EntryKind::File { source, size } => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(*size);
+                header.set_cksum();
+                let file = File::open(source)?;
+                // A file that changed size since it was listed would make
+                // a corrupt tar; refuse instead.
+                let reader = ExactSize { inner: file, remaining: *size, path: source };
+                self.builder.append(&header, reader)
+            }
+        }
+    }
+
+    /// Writes the end-of-archive marker and returns the diff ID, the
+    /// uncompressed size and the underlying writer.
+    pub fn finish(self) -> io::Result<(Digest, u64, W)> {
+        let mut out = self.builder.into_inner()?;
+        out.flush()?;
+        let size = out.hasher.len();
+        Ok((out.hasher.finish(), size, out.inner))
+    }
+}
+
+/// A ustar name field for a name that needs a PAX record: the last 100
+/// bytes, cut at a character boundary, so old readers still see something.
+fn set_truncated_name(header: &mut tar::Header, name: &str) {
+    let bytes = name.as_bytes();
+    let mut start = bytes.len().saturating_sub(99);
+    while !name.is_char_boundary(start) {
+        start += 1;
+    }
+    let tail: String = name[start..].chars().map(|c| if c.is_ascii() { c } else { '_' }).collect();
+    if let Some(ustar) = header.as_ustar_mut() {
+        ustar.name = [0; 100];
+        ustar.prefix = [0; 155];
+        ustar.name[..tail.len()].copy_from_slice(tail.as_bytes());
+    }
+}
+
+struct ExactSize<'a, R> {
+    inner: R,
+    remaining: u64,
+    path: &'a Path,
+}
+
+impl<R: Read> Read for ExactSize<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let max = buf.len().min(self.remaining.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..max])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} shrank while it was being copied", self.path.display()),
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Lists a directory tree as layer entries, sorted, with `prefix` prepended
+/// to every path. Symlinks are kept as symlinks; owners and modes are the
+/// files' own.
+pub fn entries_of_tree(dir: &Path, prefix: &str) -> io::Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    walk(dir, prefix, &mut out)?;
+    Ok(out)
+}
+
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> io::Result<()> {
+    let mut names: Vec<_> = fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name())).collect::<io::Result<_>>()?;
+    names.sort();
+    for name in names {
+        let Some(name_str) = name.to_str() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: file name is not UTF-8", dir.join(&name).display()),
+            ));
+        };
+        let path = dir.join(&name);
+        let rel = if prefix.is_empty() { name_str.to_string() } else { format!("{prefix}/{name_str}") };
+        let meta = fs::symlink_metadata(&path)?;
+        out.push(entry_from_metadata(&path, rel.clone(), &meta)?);
+        if meta.is_dir() {
+            walk(&path, &rel, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// An entry for a host file, keeping its type, mode, owner and mtime.
+pub fn entry_from_metadata(path: &Path, rel: String, meta: &fs::Metadata) -> io::Result<Entry> {
+    let kind = if meta.is_dir() {
+        EntryKind::Directory
+    } else if meta.file_type().is_symlink() {
+        let target = fs::read_link(path)?;
+        let target = target.to_str().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: link target is not UTF-8", path.display()))
+        })?;
+        EntryKind::Symlink { target: target.to_string() }
+    } else if meta.is_file() {
+        EntryKind::File { source: path.to_path_buf(), size: meta.len() }
+    } else {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{}: sockets, fifos and devices cannot be copied", path.display()),
+        ));
+    };
+    Ok(Entry {
+        path: rel,
+        kind,
+        mode: meta.permissions().mode() & 0o7777,
+        uid: u64::from(meta.uid()),
+        gid: u64::from(meta.gid()),
+        mtime: u64::try_from(meta.mtime()).unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: EntryKind) -> Entry {
+        Entry { path: path.into(), kind, mode: 0o644, uid: 0, gid: 0, mtime: 1 }
+    }
+
+    #[test]
+    fn deterministic_with_long_and_unicode_names() {
+        let long = format!("d/{}", "x".repeat(200));
+        let entries = vec![
+            Entry { mode: 0o755, ..entry("d", EntryKind::Directory) },
+            entry(&long, EntryKind::Bytes(b"hi".to_vec())),
+            entry("d/ünï", EntryKind::Symlink { target: format!("/{}/t", "y".repeat(150)) }),
+            entry("d/h", EntryKind::Hardlink { target: long.clone() }),
+        ];
+        let write = || {
+            let mut w = LayerWriter::new(Vec::new());
+            for e in &entries {
+                w.add(e).unwrap();
+            }
+            w.finish().unwrap()
+        };
+        let (d1, size, bytes) = write();
+        let (d2, _, _) = write();
+        assert_eq!(d1, d2);
+        assert_eq!(d1, Digest::of(&bytes));
+        assert_eq!(size, bytes.len() as u64);
+
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let names: Vec<(String, Option<String>)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let link = e.link_name().unwrap().map(|l| l.to_string_lossy().into_owned());
+                (e.path().unwrap().to_string_lossy().into_owned(), link)
+            })
+            .collect();
+        assert_eq!(names[0].0, "d/");
+        assert_eq!(names[1].0, long);
+        assert_eq!(names[2], ("d/ünï".to_string(), Some(format!("/{}/t", "y".repeat(150)))));
+        assert_eq!(names[3], ("d/h".to_string(), Some(long)));
+    }
+}

@@ -1,0 +1,14 @@
+//! Making and applying layers.
+//!
+//! - [`layer`]: deterministic layer tarballs (sorted entries, numeric owners,
+//!   no access or change times) and their diff IDs.
+//! - [`copy`]: the files a `COPY` from a build context adds, as a layer.
+//! - [`basefs`]: what a base image's filesystem holds, read from its layers,
+//!   for decisions such as "is the destination an existing directory?" and
+//!   user and group lookups.
+//! - [`apply`]: safe extraction of layers onto a directory.
+
+pub mod apply;
+pub mod basefs;
+pub mod copy;
+pub mod layer;
