@@ -1,0 +1,22 @@
+//! Moving images in and out of rbuild: OCI image layouts (directory or
+//! tarball), `docker save` tarballs, and root filesystems (a directory or a
+//! tarball of the image's merged layers).
+//!
+//! Everything here reads and writes blobs through [`BlobStore`], so it works
+//! on the solver's content store without knowing where it lives.
+
+mod archive;
+mod error;
+mod image;
+mod import;
+mod layout;
+mod rootfs;
+
+pub use error::ExportError;
+pub use image::{ImageRef, load_image};
+pub use import::{Imported, import, import_reader};
+pub use archive::Target;
+pub use layout::{write_docker_archive, write_oci_layout};
+pub use rootfs::{write_rootfs_dir, write_rootfs_tar};
+
+
