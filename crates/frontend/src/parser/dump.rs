@@ -1,0 +1,135 @@
+//! BuildKit's `Node.Dump()`: the S-expression form its parser tests compare
+//! against, e.g. `(copy ["--from=a"] "foo" "/tmp/")`, one line per
+//! instruction. Heredoc bodies, line numbers and the exec-form flag are not
+//! part of it.
+
+use super::{Dockerfile, Instruction};
+
+/// Dumps the whole file as BuildKit's root node would.
+pub fn dump(file: &Dockerfile) -> String {
+    let mut out = String::new();
+    for instruction in &file.instructions {
+        out.push('(');
+        out.push_str(&dump_instruction(instruction));
+        out.push_str(")\n");
+    }
+    out.trim().to_owned()
+}
+
+fn dump_instruction(instruction: &Instruction) -> String {
+    let mut out = instruction.keyword.to_lowercase();
+    if !instruction.flags.is_empty() {
+        // Go's `%q` of a string slice.
+        let flags: Vec<String> = instruction
+            .flags
+            .iter()
+            .map(|flag| go_quote(flag))
+            .collect();
+        out.push_str(" [");
+        out.push_str(&flags.join(" "));
+        out.push(']');
+    }
+    if let Some(trigger) = &instruction.onbuild {
+        out.push_str(" (");
+        out.push_str(&dump_instruction(trigger));
+        out.push(')');
+    }
+    for arg in &instruction.args {
+        out.push(' ');
+        out.push_str(&go_quote(arg));
+    }
+    out.trim().to_owned()
+}
+
+/// Go's `strconv.Quote`.
+pub(super) fn go_quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for ch in text.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            _ if is_go_printable(ch) => out.push(ch),
+            '\x07' => out.push_str("\\a"),
+            '\x08' => out.push_str("\\b"),
+            '\x0C' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\x0B' => out.push_str("\\v"),
+            _ if ch < ' ' || ch == '\x7F' => out.push_str(&format!("\\x{:02x}", u32::from(ch))),
+            _ if u32::from(ch) < 0x10000 => out.push_str(&format!("\\u{:04x}", u32::from(ch))),
+            _ => out.push_str(&format!("\\U{:08x}", u32::from(ch))),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// An approximation of Go's `unicode.IsPrint`: letters, marks, numbers,
+/// punctuation, symbols and the ASCII space.
+///
+/// We have no Unicode category tables, so this rejects the characters that
+/// matter in practice (controls, separators other than the space, format
+/// characters, private use, non-characters) and accepts everything else,
+/// including unassigned code points that Go would escape.
+fn is_go_printable(ch: char) -> bool {
+    let code = u32::from(ch);
+    if ch.is_ascii() {
+        return (0x20..0x7F).contains(&code);
+    }
+    if ch.is_control() || ch.is_whitespace() {
+        return false;
+    }
+    let format_or_private = matches!(
+        code,
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+            | 0xE000..=0xF8FF
+            | 0xF0000..=0x10FFFF
+            | 0xFDD0..=0xFDEF
+    );
+    // U+xxFFFE and U+xxFFFF are non-characters in every plane.
+    !format_or_private && code & 0xFFFE != 0xFFFE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_like_go() {
+        assert_eq!(go_quote("a b"), r#""a b""#);
+        assert_eq!(
+            go_quote("\" \\ / \x08 \x0c \n \r \t \0"),
+            r#""\" \\ / \b \f \n \r \t \x00""#
+        );
+        assert_eq!(go_quote("\x07\x0b\x1b\x7f"), r#""\a\v\x1b\x7f""#);
+        assert_eq!(go_quote("☥ ☃ 한국어 é"), "\"☥ ☃ 한국어 é\"");
+        assert_eq!(
+            go_quote("\u{85}\u{a0}\u{200b}\u{feff}"),
+            r#""\u0085\u00a0\u200b\ufeff""#
+        );
+        assert_eq!(go_quote("\u{e000}\u{10ffff}"), r#""\ue000\U0010ffff""#);
+        assert_eq!(go_quote("😀"), "\"😀\"");
+    }
+}
