@@ -1,0 +1,212 @@
+//! `rbuild build`: read the Dockerfile, compile, build, export.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use rbuild_export::{ImageRef, Target, load_image, write_docker_archive, write_oci_layout, write_rootfs_dir, write_rootfs_tar};
+use rbuild_frontend::{CompileOptions, compile, parser};
+use rbuild_oci::{Platform, Reference};
+use rbuild_solver::{BuildOptions, BuiltImage, ImageRecord, Root, build};
+use serde_json::json;
+
+use crate::cli::BuildArgs;
+use crate::output::{Dest, Output};
+use crate::resolver::Resolver;
+
+pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
+    let context = &args.context;
+    if args.context.as_os_str() == "-" {
+        bail!("reading the build context from standard input is not supported yet");
+    }
+    match std::fs::metadata(context) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("build context {} is not a directory", context.display()),
+        Err(e) => bail!("unable to prepare context: path {:?} not found: {e}", context.display().to_string()),
+    }
+    let tags: Vec<Reference> = args
+        .tags
+        .iter()
+        .map(|t| Reference::parse(t).map_err(|e| anyhow!("invalid tag {t:?}: {e}")))
+        .collect::<Result<_>>()?;
+    let outputs: Vec<Output> = if args.outputs.is_empty() {
+        vec![Output::Image { names: Vec::new() }]
+    } else {
+        args.outputs.iter().map(|o| Output::parse(o)).collect::<Result<_>>()?
+    };
+    let build_args = parse_build_args(&args.build_args)?;
+
+    let (dockerfile_name, source) = read_dockerfile(context, args.file.as_deref())?;
+    let parsed = parser::parse(&source).map_err(|e| anyhow!("{dockerfile_name}: {e}"))?;
+    if !args.quiet {
+        for warning in &parsed.warnings {
+            eprintln!("warning: {dockerfile_name}:{}: {}", warning.line, warning.message);
+        }
+    }
+    let resolver = Resolver::new(root, &args.build_contexts)?;
+    let options = CompileOptions { build_args, target: args.target.clone(), platform: Platform::host() };
+    let plan = compile(&parsed, &options, &resolver).map_err(|e| anyhow!("{}", e.render(&dockerfile_name).lines().next().unwrap_or_default().to_string()))?;
+    if !args.quiet && !plan.unused_build_args.is_empty() {
+        eprintln!("warning: build-args {:?} were not consumed by any ARG", plan.unused_build_args);
+    }
+
+    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => Some(v.parse::<u64>().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?),
+        _ => None,
+    };
+    let built = build(&plan, &root.content, &BuildOptions { context, source_date_epoch }).map_err(|e| match e.line() {
+        Some(line) => anyhow!("{dockerfile_name}:{line}: {}", e.to_string().trim_start_matches(&format!("line {line}: "))),
+        None => anyhow!("{e}"),
+    })?;
+    if !args.quiet {
+        report_steps(&plan);
+    }
+
+    for output in &outputs {
+        export(root, &built, &tags, output, args.quiet)?;
+    }
+    let image_id = built.config_digest.to_string();
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, &image_id).with_context(|| format!("writing --iidfile {}", path.display()))?;
+    }
+    if let Some(path) = &args.metadata_file {
+        let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        let mut metadata = json!({
+            "containerimage.config.digest": image_id,
+            "containerimage.digest": built.manifest.digest.to_string(),
+            "containerimage.descriptor": built.manifest,
+        });
+        if !names.is_empty() {
+            metadata["image.name"] = json!(names.join(","));
+        }
+        let text = serde_json::to_string_pretty(&metadata)?;
+        std::fs::write(path, text).with_context(|| format!("writing --metadata-file {}", path.display()))?;
+    }
+    if args.quiet {
+        println!("{image_id}");
+    } else {
+        eprintln!("writing image {image_id} done");
+    }
+    Ok(())
+}
+
+fn export(root: &Root, built: &BuiltImage, tags: &[Reference], output: &Output, quiet: bool) -> Result<()> {
+    let with_names = |extra: &[String]| -> Result<Vec<Reference>> {
+        let mut names = tags.to_vec();
+        for n in extra {
+            names.push(Reference::parse(n).map_err(|e| anyhow!("invalid image name {n:?}: {e}"))?);
+        }
+        Ok(names)
+    };
+    let image = |names: Vec<Reference>| -> Result<ImageRef> {
+        Ok(load_image(&root.content, built.manifest.clone(), names)?)
+    };
+    let target = |dest: &Dest| match dest {
+        Dest::Path(p) => Target::Tar(p.clone()),
+        Dest::Stdout => Target::Stdout,
+    };
+    match output {
+        Output::Image { names } => {
+            let names = with_names(names)?;
+            let size = image(Vec::new())?.manifest.layers.iter().map(|l| l.size).sum();
+            for name in names {
+                root.images.put(ImageRecord {
+                    name: name.clone(),
+                    manifest: built.manifest.clone(),
+                    config: built.config_digest,
+                    created: built.config.created.clone(),
+                    size,
+                })?;
+                if !quiet {
+                    eprintln!("naming to {name} done");
+                }
+            }
+        }
+        Output::Docker { dest, names } => {
+            write_docker_archive(&root.content, &[image(with_names(names)?)?], &target(dest))?;
+            say_exported(quiet, "docker archive", dest);
+        }
+        Output::Oci { dest, tar, names } => {
+            let target = match (tar, dest) {
+                (false, Dest::Path(p)) => Target::Directory(p.clone()),
+                _ => target(dest),
+            };
+            write_oci_layout(&root.content, &[image(with_names(names)?)?], &target)?;
+            say_exported(quiet, "OCI layout", dest);
+        }
+        Output::Local { dest } => {
+            write_rootfs_dir(&root.content, &image(Vec::new())?, dest)?;
+            say_exported(quiet, "root filesystem", &Dest::Path(dest.clone()));
+        }
+        Output::Tar { dest } => {
+            write_rootfs_tar(&root.content, &image(Vec::new())?, &target(dest), &root.tmp_dir())?;
+            say_exported(quiet, "root filesystem tarball", dest);
+        }
+    }
+    Ok(())
+}
+
+fn say_exported(quiet: bool, what: &str, dest: &Dest) {
+    if quiet {
+        return;
+    }
+    match dest {
+        Dest::Path(p) => eprintln!("exporting {what} to {} done", p.display()),
+        Dest::Stdout => eprintln!("exporting {what} to standard output done"),
+    }
+}
+
+/// Prints what was built, one line per instruction, as plain progress does.
+fn report_steps(plan: &rbuild_frontend::Plan) {
+    let mut n = 0;
+    for stage in &plan.stages {
+        let stage_name = stage.name.clone().unwrap_or_else(|| "stage".to_string());
+        let total = stage.steps.len();
+        for (i, step) in stage.steps.iter().enumerate() {
+            n += 1;
+            let what = step.history.created_by.as_deref().unwrap_or_default().trim_end_matches(" # buildkit");
+            eprintln!("#{n} [{stage_name} {}/{total}] {what}", i + 1);
+        }
+    }
+}
+
+/// `--build-arg K=V`, or `K` alone to take the value from the environment
+/// (skipped when unset, as docker does).
+fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for arg in args {
+        match arg.split_once('=') {
+            Some(("", _)) => bail!("invalid --build-arg {arg:?}: empty name"),
+            Some((k, v)) => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            None => {
+                if let Ok(v) = std::env::var(arg) {
+                    out.insert(arg.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The Dockerfile's bytes and the name errors call it by.
+fn read_dockerfile(context: &Path, file: Option<&Path>) -> Result<(String, Vec<u8>)> {
+    match file {
+        Some(p) if p.as_os_str() == "-" => {
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).context("reading the Dockerfile from standard input")?;
+            Ok(("Dockerfile".to_string(), bytes))
+        }
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading Dockerfile {}", p.display()))?;
+            Ok((p.display().to_string(), bytes))
+        }
+        None => {
+            let path: PathBuf = context.join("Dockerfile");
+            let bytes = std::fs::read(&path).with_context(|| format!("reading Dockerfile {}", path.display()))?;
+            Ok(("Dockerfile".to_string(), bytes))
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Command-line definitions. `rbuild [OPTIONS] PATH` is `rbuild build
+//! [OPTIONS] PATH`, as with `docker buildx build`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "rbuild", version, about = "A daemonless Dockerfile image builder", max_term_width = 100)]
+pub struct Cli {
+    /// State directory (content and image stores)
+    #[arg(long, global = true, env = "RBUILD_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Configuration file (TOML)
+    #[arg(long, global = true, env = "RBUILD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image from a Dockerfile
+    Build(BuildArgs),
+    /// List images
+    Images(ImagesArgs),
+    /// Remove image names
+    Rmi {
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+    /// Give an image another name
+    Tag {
+        #[arg(value_name = "SOURCE_IMAGE")]
+        source: String,
+        #[arg(value_name = "TARGET_IMAGE")]
+        target: String,
+    },
+    /// Write images to a docker-save tarball
+    Save {
+        /// Write to this file instead of standard output
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+    /// Load images from a docker-save tarball or an OCI layout (directory or tarball)
+    Load {
+        /// Read from this file or directory instead of standard input
+        #[arg(short, long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// Print only the loaded image names
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show an image's config as JSON
+    Inspect {
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Only show image IDs
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Don't truncate image IDs
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Only images of this repository[:tag]
+    pub repository: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Build context directory
+    #[arg(value_name = "PATH")]
+    pub context: PathBuf,
+    /// Name and optionally a tag (name:tag)
+    #[arg(short, long = "tag", value_name = "NAME")]
+    pub tags: Vec<String>,
+    /// Name of the Dockerfile (default: PATH/Dockerfile; - reads standard input)
+    #[arg(short, long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Set a build-time variable (KEY=VALUE, or KEY to take it from the environment)
+    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    pub build_args: Vec<String>,
+    /// Additional build contexts (NAME=oci-layout://PATH[:TAG])
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
+    /// Target build stage
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Do not use cache when building the image
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Output destination (type=docker|oci|local|tar|image,dest=...)
+    #[arg(short, long = "output", value_name = "SPEC")]
+    pub outputs: Vec<String>,
+    /// Write the image ID to the file
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Write build result metadata to the file (JSON)
+    #[arg(long, value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// Suppress the build output and print the image ID on success
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+const SUBCOMMANDS: &[&str] = &["build", "images", "rmi", "tag", "save", "load", "inspect", "help"];
+
+/// Inserts `build` when the first word that is not a global option is not
+/// a subcommand, so `rbuild -t x .` means `rbuild build -t x .`.
+pub fn with_default_subcommand(args: Vec<OsString>) -> Vec<OsString> {
+    let mut i = 1;
+    while i < args.len() {
+        let arg = args[i].to_string_lossy();
+        if arg == "--root" || arg == "--config" {
+            i += 2;
+            continue;
+        }
+        if arg.starts_with("--root=") || arg.starts_with("--config=") {
+            i += 1;
+            continue;
+        }
+        if matches!(arg.as_ref(), "-h" | "--help" | "-V" | "--version") || SUBCOMMANDS.contains(&arg.as_ref()) {
+            return args;
+        }
+        break;
+    }
+    let mut out = args;
+    if out.len() > 1 {
+        let at = i.min(out.len());
+        out.insert(at, OsString::from("build"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<OsString> {
+        s.split(' ').map(OsString::from).collect()
+    }
+
+    #[test]
+    fn build_is_the_default() {
+        assert_eq!(with_default_subcommand(words("rbuild -t a .")), words("rbuild build -t a ."));
+        assert_eq!(with_default_subcommand(words("rbuild --root /r -t a .")), words("rbuild --root /r build -t a ."));
+        assert_eq!(with_default_subcommand(words("rbuild images")), words("rbuild images"));
+        assert_eq!(with_default_subcommand(words("rbuild --root /r images")), words("rbuild --root /r images"));
+        assert_eq!(with_default_subcommand(words("rbuild .")), words("rbuild build ."));
+        assert_eq!(with_default_subcommand(words("rbuild --help")), words("rbuild --help"));
+    }
+}

@@ -1,0 +1,89 @@
+//! The `rbuild` command: argument parsing, wiring of the crates, output.
+
+mod build;
+mod cli;
+mod commands;
+mod config;
+mod output;
+mod resolver;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use rbuild_solver::Root;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let args = cli::with_default_subcommand(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help and version to stdout with exit code 0, and
+            // usage errors to stderr with code 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line: `outer: inner: root cause`.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        // Skip a cause already spelled out by its wrapper.
+        if !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let _config = config::Config::load(cli.config.as_deref())?;
+    let root_path = match cli.root {
+        Some(root) => root,
+        None => default_root()?,
+    };
+    let root = Root::open(&root_path).with_context(|| format!("opening rbuild's root {}", root_path.display()))?;
+    match cli.command {
+        Command::Build(args) => build::run(&root, args),
+        Command::Images(args) => commands::images(&root, &args),
+        Command::Rmi { images } => commands::rmi(&root, &images),
+        Command::Tag { source, target } => commands::tag(&root, &source, &target),
+        Command::Save { output, images } => commands::save(&root, output.as_deref(), &images),
+        Command::Load { input, quiet } => commands::load(&root, input.as_deref(), quiet),
+        Command::Inspect { images } => commands::inspect(&root, &images),
+    }
+}
+
+/// `/var/lib/rbuild` for root; else `$XDG_DATA_HOME/rbuild` or
+/// `~/.local/share/rbuild`.
+fn default_root() -> Result<PathBuf> {
+    if running_as_root() {
+        return Ok(PathBuf::from("/var/lib/rbuild"));
+    }
+    if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(data).join("rbuild"));
+    }
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).context("neither --root, RBUILD_ROOT, XDG_DATA_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".local/share/rbuild"))
+}
+
+/// Whether we run as root, read from /proc so no unsafe call is needed.
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}

@@ -1,0 +1,141 @@
+//! `-o/--output` specs in buildx's syntax: `type=TYPE,key=value,...`, a
+//! bare path (`-o DIR`, a local directory) or `-` (a tarball on stdout).
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+/// Where a build's result goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// rbuild's own image store (the default).
+    Image { names: Vec<String> },
+    /// A docker-save tarball (file, or stdout for `-`).
+    Docker { dest: Dest, names: Vec<String> },
+    /// An OCI layout: a tarball, or a directory with `tar=false`.
+    Oci { dest: Dest, tar: bool, names: Vec<String> },
+    /// The root filesystem in a directory.
+    Local { dest: PathBuf },
+    /// The root filesystem as a tarball.
+    Tar { dest: Dest },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    Path(PathBuf),
+    Stdout,
+}
+
+impl Dest {
+    fn parse(value: &str) -> Dest {
+        if value == "-" { Dest::Stdout } else { Dest::Path(PathBuf::from(value)) }
+    }
+}
+
+const TYPES: &str = "image, docker, oci, local, tar";
+
+impl Output {
+    pub fn parse(spec: &str) -> Result<Output> {
+        if spec == "-" {
+            return Ok(Output::Tar { dest: Dest::Stdout });
+        }
+        if !spec.contains('=') {
+            return Ok(Output::Local { dest: PathBuf::from(spec) });
+        }
+        let mut kind = None;
+        let mut dest = None;
+        let mut tar = true;
+        let mut names = Vec::new();
+        for field in split_csv(spec)? {
+            let Some((key, value)) = field.split_once('=') else {
+                bail!("invalid output {spec:?}: {field:?} is not key=value");
+            };
+            match key.trim() {
+                "type" => kind = Some(value.to_string()),
+                "dest" => dest = Some(value.to_string()),
+                "tar" => {
+                    tar = match value {
+                        "true" => true,
+                        "false" => false,
+                        _ => bail!("invalid output {spec:?}: tar must be true or false"),
+                    }
+                }
+                "name" => names.extend(value.split(',').filter(|n| !n.is_empty()).map(str::to_string)),
+                "push" if value == "false" => {}
+                "push" => bail!("invalid output {spec:?}: pushing to a registry is not supported yet"),
+                other => bail!("invalid output {spec:?}: unknown key {other:?} (known: type, dest, tar, name)"),
+            }
+        }
+        let Some(kind) = kind else { bail!("invalid output {spec:?}: missing type= ({TYPES})") };
+        let need_dest = |dest: Option<String>| -> Result<Dest> {
+            match dest {
+                Some(d) if !d.is_empty() => Ok(Dest::parse(&d)),
+                _ => bail!("output type={kind} needs dest=FILE (or dest=- for standard output)"),
+            }
+        };
+        Ok(match kind.as_str() {
+            "image" => Output::Image { names },
+            "docker" => Output::Docker { dest: need_dest(dest)?, names },
+            "oci" => {
+                let dest = need_dest(dest)?;
+                if !tar && dest == Dest::Stdout {
+                    bail!("output type=oci,tar=false needs a directory as dest");
+                }
+                Output::Oci { dest, tar, names }
+            }
+            "local" => match need_dest(dest)? {
+                Dest::Path(p) => Output::Local { dest: p },
+                Dest::Stdout => bail!("output type=local needs a directory as dest"),
+            },
+            "tar" => Output::Tar { dest: need_dest(dest)? },
+            "registry" => bail!("output type=registry is not supported yet"),
+            other => bail!("unknown output type {other:?} (supported: {TYPES})"),
+        })
+    }
+}
+
+/// Splits on commas outside double quotes, as buildx's CSV reader does,
+/// so `"name=a,b"` keeps its comma.
+fn split_csv(spec: &str) -> Result<Vec<String>> {
+    let mut fields = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    for c in spec.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut current)),
+            c => current.push(c),
+        }
+    }
+    if quoted {
+        bail!("invalid output {spec:?}: unterminated quote");
+    }
+    fields.push(current);
+    Ok(fields.into_iter().filter(|f| !f.is_empty()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_buildx_specs() {
+        assert_eq!(
+            Output::parse("type=docker,dest=out.tar").unwrap(),
+            Output::Docker { dest: Dest::Path("out.tar".into()), names: vec![] }
+        );
+        assert_eq!(
+            Output::parse("type=oci,dest=dir,tar=false").unwrap(),
+            Output::Oci { dest: Dest::Path("dir".into()), tar: false, names: vec![] }
+        );
+        assert_eq!(Output::parse("out").unwrap(), Output::Local { dest: "out".into() });
+        assert_eq!(Output::parse("-").unwrap(), Output::Tar { dest: Dest::Stdout });
+        assert_eq!(
+            Output::parse(r#"type=image,"name=a:1,b:2""#).unwrap(),
+            Output::Image { names: vec!["a:1".into(), "b:2".into()] }
+        );
+        assert!(Output::parse("type=bogus,dest=x").unwrap_err().to_string().contains("unknown output type"));
+        assert!(Output::parse("type=docker").is_err());
+        assert!(Output::parse("type=local,dest=x,color=red").is_err());
+    }
+}

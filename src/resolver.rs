@@ -1,0 +1,114 @@
+//! Finding base images: `--build-context` first, then the local store.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use rbuild_export::{Imported, import};
+use rbuild_frontend::{ImageResolver, ResolvedImage};
+use rbuild_oci::{BlobStore, Digest, ImageConfig, Reference};
+use rbuild_solver::Root;
+
+/// A `--build-context NAME=oci-layout://PATH[:TAG|@DIGEST]`.
+#[derive(Debug, Clone)]
+struct LayoutContext {
+    name: String,
+    path: PathBuf,
+    tag: Option<String>,
+    digest: Option<Digest>,
+}
+
+pub struct Resolver<'a> {
+    root: &'a Root,
+    contexts: Vec<LayoutContext>,
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(root: &'a Root, build_contexts: &[String]) -> Result<Resolver<'a>> {
+        let mut contexts = Vec::new();
+        for spec in build_contexts {
+            let Some((name, value)) = spec.split_once('=') else {
+                bail!("invalid --build-context {spec:?}: expected NAME=VALUE");
+            };
+            if name.is_empty() {
+                bail!("invalid --build-context {spec:?}: empty name");
+            }
+            let Some(location) = value.strip_prefix("oci-layout://") else {
+                bail!(
+                    "unsupported --build-context {spec:?}: only oci-layout://PATH[:TAG] is supported so far"
+                );
+            };
+            let (location, digest) = match location.split_once('@') {
+                Some((l, d)) => (l, Some(d.parse::<Digest>().map_err(|e| anyhow::anyhow!("--build-context {spec:?}: {e}"))?)),
+                None => (location, None),
+            };
+            // A tag follows the last ':' unless that ':' is inside the path.
+            let (path, tag) = match location.rsplit_once(':') {
+                Some((p, t)) if !t.contains('/') && !t.is_empty() => (p, Some(t.to_string())),
+                _ => (location, None),
+            };
+            if path.is_empty() {
+                bail!("invalid --build-context {spec:?}: empty path");
+            }
+            contexts.push(LayoutContext { name: name.to_string(), path: PathBuf::from(path), tag, digest });
+        }
+        Ok(Resolver { root, contexts })
+    }
+
+    fn from_layout(&self, context: &LayoutContext) -> Result<ResolvedImage, String> {
+        let images = import(&self.root.content, &context.path)
+            .map_err(|e| format!("build context {}={}: {e}", context.name, context.path.display()))?;
+        let wanted_tag = context.tag.as_deref();
+        let chosen: Option<&Imported> = match (&context.digest, wanted_tag) {
+            (Some(d), _) => images.iter().find(|i| i.manifest.digest == *d),
+            (None, Some(tag)) => images.iter().find(|i| {
+                i.ref_name.as_deref() == Some(tag) || i.name.as_ref().and_then(|n| n.tag()) == Some(tag)
+            }),
+            (None, None) => match images.as_slice() {
+                [only] => Some(only),
+                many => many.iter().find(|i| {
+                    i.ref_name.as_deref() == Some("latest") || i.name.as_ref().and_then(|n| n.tag()) == Some("latest")
+                }),
+            },
+        };
+        let chosen = chosen.ok_or_else(|| {
+            format!(
+                "build context {}: no image {} in the OCI layout {}",
+                context.name,
+                context.digest.map(|d| d.to_string()).or(context.tag.clone()).unwrap_or_else(|| "latest".into()),
+                context.path.display()
+            )
+        })?;
+        Ok(ResolvedImage { name: context.name.clone(), manifest: chosen.manifest.clone(), config: chosen.config.clone() })
+    }
+
+    fn from_store(&self, name: &str) -> Result<Option<ResolvedImage>, String> {
+        let reference = Reference::parse(name).map_err(|e| format!("{name}: {e}"))?;
+        let record = match reference.digest() {
+            Some(digest) => self
+                .root
+                .images
+                .list()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|r| r.manifest.digest == *digest && r.name.repository() == reference.repository()),
+            None => self.root.images.get(&reference).map_err(|e| e.to_string())?,
+        };
+        let Some(record) = record else { return Ok(None) };
+        let bytes = self.root.content.read_all(&record.config).map_err(|e| format!("{name}: {e}"))?;
+        let config: ImageConfig = serde_json::from_slice(&bytes).map_err(|e| format!("{name}: image config: {e}"))?;
+        Ok(Some(ResolvedImage { name: name.to_string(), manifest: record.manifest, config }))
+    }
+}
+
+impl ImageResolver for Resolver<'_> {
+    fn resolve(&self, name: &str) -> Result<Option<ResolvedImage>, String> {
+        let normalized = Reference::parse(name).ok();
+        let context = self.contexts.iter().find(|c| {
+            c.name == name || (normalized.is_some() && Reference::parse(&c.name).ok() == normalized)
+        });
+        match context {
+            Some(context) => self.from_layout(context).map(Some),
+            None => self.from_store(name),
+        }
+    }
+}
