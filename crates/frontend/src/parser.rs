@@ -8,15 +8,15 @@
 //!
 //! The pieces, each in its own submodule:
 //!
-//! * [`directives`](self::directives): `# syntax=`, `# escape=` and `# check=`
+//! * `directives`: `# syntax=`, `# escape=` and `# check=`
 //!   in the leading comment block;
 //! * the line loop in this file: physical lines, comments, line continuations,
 //!   heredoc bodies and line numbers;
-//! * [`command`](self::command): a logical line to keyword, flags and the rest;
-//! * [`arguments`](self::arguments): the rest to arguments, per keyword;
-//! * [`json`](self::json): the JSON ("exec form") arrays;
-//! * [`heredoc`](self::heredoc): finding `<<EOF` words;
-//! * [`dump`](self::dump): BuildKit's S-expression dump, for conformance tests.
+//! * `command`: a logical line to keyword, flags and the rest;
+//! * `arguments`: the rest to arguments, per keyword;
+//! * `json`: the JSON ("exec form") arrays;
+//! * `heredoc`: finding `<<EOF` words;
+//! * `dump`: BuildKit's S-expression dump, for conformance tests.
 //!
 //! BuildKit works on Go strings, which may hold any bytes. We work on Rust
 //! strings: invalid UTF-8 in the input is replaced with U+FFFD first.
@@ -56,7 +56,7 @@ pub struct Dockerfile {
 /// The parser directives found in the file's leading comment block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Directives {
-    /// `\` or, with `# escape=``, a backtick.
+    /// `\` or, with ``# escape=` ``, a backtick.
     pub escape: char,
     pub syntax: Option<Directive>,
     pub check: Option<Directive>,

@@ -9,7 +9,7 @@
 //!   `#`, `##`, `%`, `%%`, `/` and `//`, nestable in their words;
 //! * single quotes (literal) and double quotes (only `$`, `"` and the escape
 //!   character are special);
-//! * an escape character that is `\` or, after `# escape=`` `, a backtick;
+//! * an escape character that is `\` or, after ``# escape=` ``, a backtick;
 //! * positional and special parameters (`$1`, `$@`, `$$`, ...) which are never
 //!   set in a Dockerfile and so expand to nothing.
 //!
@@ -127,7 +127,7 @@ pub struct Expansion {
 /// Expands words the way BuildKit's `shell.Lex` does.
 #[derive(Debug, Clone)]
 pub struct Lexer {
-    /// The escape character: `\` by default, or `` ` `` after `# escape=``.
+    /// The escape character: `\` by default, or `` ` `` after ``# escape=` ``.
     pub escape: char,
     /// Keep quote characters in the result (their content is still processed).
     pub raw_quotes: bool,
@@ -467,7 +467,7 @@ impl ShellWord<'_> {
                 None => String::new(),
             }),
             ':' | '+' | '-' | '?' | '#' | '%' => self.process_modifier(name, op),
-            '/' => self.process_replace(name),
+            '/' => self.process_replace(&name),
             other => Err(ShellError::UnsupportedModifier(other.to_string())),
         }
     }
@@ -525,7 +525,7 @@ impl ShellWord<'_> {
 
     /// `${name/pattern/replacement}` and `${name//pattern/replacement}`; the
     /// first `/` is already consumed.
-    fn process_replace(&mut self, name: String) -> Result<String, ShellError> {
+    fn process_replace(&mut self, name: &str) -> Result<String, ShellError> {
         let replace_all = self.peek() == Some('/');
         if replace_all {
             self.pos += 1;
@@ -533,7 +533,7 @@ impl ShellWord<'_> {
         let pattern = self.process_word_until('/', true, ShellError::MissingSlash)?;
         let replacement = self.process_word_until('}', true, ShellError::MissingBrace)?;
 
-        let value = self.lookup(&name);
+        let value = self.lookup(name);
         if value.is_none() && self.lexer.skip_unset_env {
             // BuildKit writes a single `/` back even for `//`.
             return Ok(format!("${{{name}/{pattern}/{replacement}}}"));

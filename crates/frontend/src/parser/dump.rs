@@ -3,6 +3,8 @@
 //! instruction. Heredoc bodies, line numbers and the exec-form flag are not
 //! part of it.
 
+use std::fmt::Write as _;
+
 use super::{Dockerfile, Instruction};
 
 /// Dumps the whole file as BuildKit's root node would.
@@ -57,9 +59,10 @@ pub(super) fn go_quote(text: &str) -> String {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             '\x0B' => out.push_str("\\v"),
-            _ if ch < ' ' || ch == '\x7F' => out.push_str(&format!("\\x{:02x}", u32::from(ch))),
-            _ if u32::from(ch) < 0x10000 => out.push_str(&format!("\\u{:04x}", u32::from(ch))),
-            _ => out.push_str(&format!("\\U{:08x}", u32::from(ch))),
+            // Writing to a String cannot fail.
+            _ if ch < ' ' || ch == '\x7F' => _ = write!(out, "\\x{:02x}", u32::from(ch)),
+            _ if u32::from(ch) < 0x10000 => _ = write!(out, "\\u{:04x}", u32::from(ch)),
+            _ => _ = write!(out, "\\U{:08x}", u32::from(ch)),
         }
     }
     out.push('"');

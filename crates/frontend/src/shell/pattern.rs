@@ -9,6 +9,8 @@
 //! Like Go's `.`, wildcards never match a newline. Matching works on
 //! characters, not bytes.
 
+use std::collections::HashSet;
+
 use super::ShellError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,16 +77,13 @@ impl Pattern {
         // already reported as a match has failed and need not be tried again.
         // That bounds the work by tokens × positions.
         let width = text.len() + 1;
-        let mut seen = vec![false; (self.tokens.len() + 1) * width];
+        let mut seen = Visited::new((self.tokens.len() + 1).saturating_mul(width));
         let mut stack = Vec::new();
 
         for start in from..=last_start {
             stack.push((0, start));
             while let Some((token, pos)) = stack.pop() {
-                let Some(slot) = seen.get_mut(token * width + pos) else {
-                    continue;
-                };
-                if std::mem::replace(slot, true) {
+                if !seen.insert(token * width + pos) {
                     continue;
                 }
                 let Some(current) = self.tokens.get(token) else {
@@ -121,6 +120,43 @@ impl Pattern {
             }
         }
         None
+    }
+}
+
+/// The set of search states already explored: a bitset, or a hash set when
+/// a bitset for every state would be large (a long pattern against a long
+/// value) and the search will likely touch only a few of them.
+enum Visited {
+    Dense(Vec<u64>),
+    Sparse(HashSet<usize>),
+}
+
+impl Visited {
+    /// Up to this many states (128 KiB of bits) get a bitset.
+    const DENSE_LIMIT: usize = 1 << 20;
+
+    fn new(states: usize) -> Self {
+        if states <= Self::DENSE_LIMIT {
+            Self::Dense(vec![0; states.div_ceil(64)])
+        } else {
+            Self::Sparse(HashSet::new())
+        }
+    }
+
+    /// Marks `state` as seen, returning whether it was new.
+    fn insert(&mut self, state: usize) -> bool {
+        match self {
+            Self::Dense(bits) => {
+                let Some(word) = bits.get_mut(state / 64) else {
+                    return false;
+                };
+                let bit = 1 << (state % 64);
+                let new = *word & bit == 0;
+                *word |= bit;
+                new
+            }
+            Self::Sparse(set) => set.insert(state),
+        }
     }
 }
 
@@ -320,6 +356,17 @@ mod tests {
         assert_eq!(greedy.find(&text, 0), Some((0, 4)));
         let anywhere = Pattern::compile("y", true, false).unwrap();
         assert_eq!(anywhere.find(&text, 0), Some((2, 3)));
+    }
+
+    #[test]
+    fn long_patterns_on_long_values() {
+        // Enough states for the sparse visited set.
+        let value = "a".repeat(3000) + "b";
+        let pattern = "a".repeat(2000) + "*b";
+        assert_eq!(trim_prefix(&pattern, &value, false).unwrap(), "");
+        assert_eq!(trim_suffix("b", &value, false).unwrap(), "a".repeat(3000));
+        let no_match = "a".repeat(2000) + "c";
+        assert_eq!(trim_prefix(&no_match, &value, true).unwrap(), value);
     }
 
     #[test]
