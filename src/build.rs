@@ -5,7 +5,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use rbuild_export::{ImageRef, Target, load_image, write_docker_archive, write_oci_layout, write_rootfs_dir, write_rootfs_tar};
+use rbuild_export::{
+    ImageRef, Target, load_image, write_docker_archive, write_oci_layout, write_rootfs_dir,
+    write_rootfs_tar,
+};
 use rbuild_frontend::{CompileOptions, compile, parser};
 use rbuild_oci::{Platform, Reference};
 use rbuild_solver::{BuildOptions, BuiltImage, ImageRecord, Root, build};
@@ -23,7 +26,10 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
     match std::fs::metadata(context) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => bail!("build context {} is not a directory", context.display()),
-        Err(e) => bail!("unable to prepare context: path {:?} not found: {e}", context.display().to_string()),
+        Err(e) => bail!(
+            "unable to prepare context: path {:?} not found: {e}",
+            context.display().to_string()
+        ),
     }
     let tags: Vec<Reference> = args
         .tags
@@ -33,7 +39,10 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
     let outputs: Vec<Output> = if args.outputs.is_empty() {
         vec![Output::Image { names: Vec::new() }]
     } else {
-        args.outputs.iter().map(|o| Output::parse(o)).collect::<Result<_>>()?
+        args.outputs
+            .iter()
+            .map(|o| Output::parse(o))
+            .collect::<Result<_>>()?
     };
     let build_args = parse_build_args(&args.build_args)?;
 
@@ -41,22 +50,54 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
     let parsed = parser::parse(&source).map_err(|e| anyhow!("{dockerfile_name}: {e}"))?;
     if !args.quiet {
         for warning in &parsed.warnings {
-            eprintln!("warning: {dockerfile_name}:{}: {}", warning.line, warning.message);
+            eprintln!(
+                "warning: {dockerfile_name}:{}: {}",
+                warning.line, warning.message
+            );
         }
     }
     let resolver = Resolver::new(root, &args.build_contexts)?;
-    let options = CompileOptions { build_args, target: args.target.clone(), platform: Platform::host() };
-    let plan = compile(&parsed, &options, &resolver).map_err(|e| anyhow!("{}", e.render(&dockerfile_name).lines().next().unwrap_or_default().to_string()))?;
+    let options = CompileOptions {
+        build_args,
+        target: args.target.clone(),
+        platform: Platform::host(),
+    };
+    let plan = compile(&parsed, &options, &resolver).map_err(|e| {
+        anyhow!(
+            "{}",
+            e.render(&dockerfile_name)
+                .lines()
+                .next()
+                .unwrap_or_default()
+        )
+    })?;
     if !args.quiet && !plan.unused_build_args.is_empty() {
-        eprintln!("warning: build-args {:?} were not consumed by any ARG", plan.unused_build_args);
+        eprintln!(
+            "warning: build-args {:?} were not consumed by any ARG",
+            plan.unused_build_args
+        );
     }
 
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => Some(v.parse::<u64>().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?),
+        Ok(v) if !v.is_empty() => Some(
+            v.parse::<u64>()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+        ),
         _ => None,
     };
-    let built = build(&plan, &root.content, &BuildOptions { context, source_date_epoch }).map_err(|e| match e.line() {
-        Some(line) => anyhow!("{dockerfile_name}:{line}: {}", e.to_string().trim_start_matches(&format!("line {line}: "))),
+    let built = build(
+        &plan,
+        &root.content,
+        &BuildOptions {
+            context,
+            source_date_epoch,
+        },
+    )
+    .map_err(|e| match e.line() {
+        Some(line) => anyhow!(
+            "{dockerfile_name}:{line}: {}",
+            e.to_string().trim_start_matches(&format!("line {line}: "))
+        ),
         None => anyhow!("{e}"),
     })?;
     if !args.quiet {
@@ -68,7 +109,8 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
     }
     let image_id = built.config_digest.to_string();
     if let Some(path) = &args.iidfile {
-        std::fs::write(path, &image_id).with_context(|| format!("writing --iidfile {}", path.display()))?;
+        std::fs::write(path, &image_id)
+            .with_context(|| format!("writing --iidfile {}", path.display()))?;
     }
     if let Some(path) = &args.metadata_file {
         let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
@@ -81,7 +123,8 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
             metadata["image.name"] = json!(names.join(","));
         }
         let text = serde_json::to_string_pretty(&metadata)?;
-        std::fs::write(path, text).with_context(|| format!("writing --metadata-file {}", path.display()))?;
+        std::fs::write(path, text)
+            .with_context(|| format!("writing --metadata-file {}", path.display()))?;
     }
     if args.quiet {
         println!("{image_id}");
@@ -91,7 +134,13 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
     Ok(())
 }
 
-fn export(root: &Root, built: &BuiltImage, tags: &[Reference], output: &Output, quiet: bool) -> Result<()> {
+fn export(
+    root: &Root,
+    built: &BuiltImage,
+    tags: &[Reference],
+    output: &Output,
+    quiet: bool,
+) -> Result<()> {
     let with_names = |extra: &[String]| -> Result<Vec<Reference>> {
         let mut names = tags.to_vec();
         for n in extra {
@@ -109,7 +158,12 @@ fn export(root: &Root, built: &BuiltImage, tags: &[Reference], output: &Output, 
     match output {
         Output::Image { names } => {
             let names = with_names(names)?;
-            let size = image(Vec::new())?.manifest.layers.iter().map(|l| l.size).sum();
+            let size = image(Vec::new())?
+                .manifest
+                .layers
+                .iter()
+                .map(|l| l.size)
+                .sum();
             for name in names {
                 root.images.put(ImageRecord {
                     name: name.clone(),
@@ -140,7 +194,12 @@ fn export(root: &Root, built: &BuiltImage, tags: &[Reference], output: &Output, 
             say_exported(quiet, "root filesystem", &Dest::Path(dest.clone()));
         }
         Output::Tar { dest } => {
-            write_rootfs_tar(&root.content, &image(Vec::new())?, &target(dest), &root.tmp_dir())?;
+            write_rootfs_tar(
+                &root.content,
+                &image(Vec::new())?,
+                &target(dest),
+                &root.tmp_dir(),
+            )?;
             say_exported(quiet, "root filesystem tarball", dest);
         }
     }
@@ -165,7 +224,12 @@ fn report_steps(plan: &rbuild_frontend::Plan) {
         let total = stage.steps.len();
         for (i, step) in stage.steps.iter().enumerate() {
             n += 1;
-            let what = step.history.created_by.as_deref().unwrap_or_default().trim_end_matches(" # buildkit");
+            let what = step
+                .history
+                .created_by
+                .as_deref()
+                .unwrap_or_default()
+                .trim_end_matches(" # buildkit");
             eprintln!("#{n} [{stage_name} {}/{total}] {what}", i + 1);
         }
     }
@@ -196,16 +260,20 @@ fn read_dockerfile(context: &Path, file: Option<&Path>) -> Result<(String, Vec<u
     match file {
         Some(p) if p.as_os_str() == "-" => {
             let mut bytes = Vec::new();
-            std::io::stdin().read_to_end(&mut bytes).context("reading the Dockerfile from standard input")?;
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("reading the Dockerfile from standard input")?;
             Ok(("Dockerfile".to_string(), bytes))
         }
         Some(p) => {
-            let bytes = std::fs::read(p).with_context(|| format!("reading Dockerfile {}", p.display()))?;
+            let bytes =
+                std::fs::read(p).with_context(|| format!("reading Dockerfile {}", p.display()))?;
             Ok((p.display().to_string(), bytes))
         }
         None => {
             let path: PathBuf = context.join("Dockerfile");
-            let bytes = std::fs::read(&path).with_context(|| format!("reading Dockerfile {}", path.display()))?;
+            let bytes = std::fs::read(&path)
+                .with_context(|| format!("reading Dockerfile {}", path.display()))?;
             Ok(("Dockerfile".to_string(), bytes))
         }
     }

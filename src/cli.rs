@@ -7,7 +7,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "rbuild", version, about = "A daemonless Dockerfile image builder", max_term_width = 100)]
+#[command(
+    name = "rbuild",
+    version,
+    about = "A daemonless Dockerfile image builder",
+    max_term_width = 100
+)]
 pub struct Cli {
     /// State directory (content and image stores)
     #[arg(long, global = true, env = "RBUILD_ROOT", value_name = "DIR")]
@@ -110,7 +115,9 @@ pub struct BuildArgs {
     pub quiet: bool,
 }
 
-const SUBCOMMANDS: &[&str] = &["build", "images", "rmi", "tag", "save", "load", "inspect", "help"];
+const SUBCOMMANDS: &[&str] = &[
+    "build", "images", "rmi", "tag", "save", "load", "inspect", "help",
+];
 
 /// Inserts `build` when the first word that is not a global option is not
 /// a subcommand, so `rbuild -t x .` means `rbuild build -t x .`.
@@ -126,7 +133,9 @@ pub fn with_default_subcommand(args: Vec<OsString>) -> Vec<OsString> {
             i += 1;
             continue;
         }
-        if matches!(arg.as_ref(), "-h" | "--help" | "-V" | "--version") || SUBCOMMANDS.contains(&arg.as_ref()) {
+        if matches!(arg.as_ref(), "-h" | "--help" | "-V" | "--version")
+            || SUBCOMMANDS.contains(&arg.as_ref())
+        {
             return args;
         }
         break;
@@ -149,11 +158,29 @@ mod tests {
 
     #[test]
     fn build_is_the_default() {
-        assert_eq!(with_default_subcommand(words("rbuild -t a .")), words("rbuild build -t a ."));
-        assert_eq!(with_default_subcommand(words("rbuild --root /r -t a .")), words("rbuild --root /r build -t a ."));
-        assert_eq!(with_default_subcommand(words("rbuild images")), words("rbuild images"));
-        assert_eq!(with_default_subcommand(words("rbuild --root /r images")), words("rbuild --root /r images"));
-        assert_eq!(with_default_subcommand(words("rbuild .")), words("rbuild build ."));
-        assert_eq!(with_default_subcommand(words("rbuild --help")), words("rbuild --help"));
+        assert_eq!(
+            with_default_subcommand(words("rbuild -t a .")),
+            words("rbuild build -t a .")
+        );
+        assert_eq!(
+            with_default_subcommand(words("rbuild --root /r -t a .")),
+            words("rbuild --root /r build -t a .")
+        );
+        assert_eq!(
+            with_default_subcommand(words("rbuild images")),
+            words("rbuild images")
+        );
+        assert_eq!(
+            with_default_subcommand(words("rbuild --root /r images")),
+            words("rbuild --root /r images")
+        );
+        assert_eq!(
+            with_default_subcommand(words("rbuild .")),
+            words("rbuild build .")
+        );
+        assert_eq!(
+            with_default_subcommand(words("rbuild --help")),
+            words("rbuild --help")
+        );
     }
 }

@@ -15,14 +15,26 @@ use crate::cli::ImagesArgs;
 fn find(root: &Root, arg: &str) -> Result<Vec<ImageRecord>> {
     let records = root.images.list()?;
     let hex = arg.strip_prefix("sha256:").unwrap_or(arg);
-    if !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-        let by_id: Vec<ImageRecord> = records.iter().filter(|r| r.config.hex().starts_with(hex)).cloned().collect();
+    if !hex.is_empty()
+        && hex.len() <= 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        let by_id: Vec<ImageRecord> = records
+            .iter()
+            .filter(|r| r.config.hex().starts_with(hex))
+            .cloned()
+            .collect();
         if !by_id.is_empty() {
             return Ok(by_id);
         }
     }
     let reference = Reference::parse(arg).map_err(|e| anyhow!("{arg}: {e}"))?;
-    Ok(records.into_iter().filter(|r| r.name == reference).collect())
+    Ok(records
+        .into_iter()
+        .filter(|r| r.name == reference)
+        .collect())
 }
 
 fn find_one(root: &Root, arg: &str) -> Result<ImageRecord> {
@@ -41,14 +53,21 @@ fn find_one(root: &Root, arg: &str) -> Result<ImageRecord> {
 }
 
 pub fn images(root: &Root, args: &ImagesArgs) -> Result<()> {
-    let filter = args.repository.as_deref().map(|r| Reference::parse_name_only(r).map_err(|e| anyhow!("{r}: {e}"))).transpose()?;
+    let filter = args
+        .repository
+        .as_deref()
+        .map(|r| Reference::parse_name_only(r).map_err(|e| anyhow!("{r}: {e}")))
+        .transpose()?;
     let records: Vec<ImageRecord> = root
         .images
         .list()?
         .into_iter()
         .filter(|r| match &filter {
             None => true,
-            Some(f) => r.name.repository() == f.repository() && f.tag().is_none_or(|t| r.name.tag() == Some(t)),
+            Some(f) => {
+                r.name.repository() == f.repository()
+                    && f.tag().is_none_or(|t| r.name.tag() == Some(t))
+            }
         })
         .collect();
     let mut out = std::io::stdout().lock();
@@ -56,7 +75,15 @@ pub fn images(root: &Root, args: &ImagesArgs) -> Result<()> {
         let mut seen = std::collections::BTreeSet::new();
         for r in &records {
             if seen.insert(r.config) {
-                writeln!(out, "{}", if args.no_trunc { r.config.to_string() } else { r.config.short() })?;
+                writeln!(
+                    out,
+                    "{}",
+                    if args.no_trunc {
+                        r.config.to_string()
+                    } else {
+                        r.config.short()
+                    }
+                )?;
             }
         }
         return Ok(());
@@ -68,8 +95,16 @@ pub fn images(root: &Root, args: &ImagesArgs) -> Result<()> {
             [
                 r.name.familiar_repository(),
                 r.name.tag().unwrap_or("<none>").to_string(),
-                if args.no_trunc { r.config.to_string() } else { r.config.short() },
-                r.created.as_deref().and_then(parse_rfc3339).map(|t| ago(now, t)).unwrap_or_else(|| "N/A".into()),
+                if args.no_trunc {
+                    r.config.to_string()
+                } else {
+                    r.config.short()
+                },
+                r.created
+                    .as_deref()
+                    .and_then(parse_rfc3339)
+                    .map(|t| ago(now, t))
+                    .unwrap_or_else(|| "N/A".into()),
                 human_size(r.size),
             ]
         })
@@ -94,7 +129,11 @@ pub fn images(root: &Root, args: &ImagesArgs) -> Result<()> {
     };
     writeln!(out, "{}", line(header))?;
     for row in &rows {
-        writeln!(out, "{}", line([&row[0], &row[1], &row[2], &row[3], &row[4]]))?;
+        writeln!(
+            out,
+            "{}",
+            line([&row[0], &row[1], &row[2], &row[3], &row[4]])
+        )?;
     }
     Ok(())
 }
@@ -131,9 +170,18 @@ pub fn save(root: &Root, output: Option<&Path>, images: &[String]) -> Result<()>
     let mut refs: Vec<ImageRef> = Vec::new();
     for arg in images {
         let record = find_one(root, arg)?;
-        let is_id = Reference::parse(arg).map(|r| r != record.name).unwrap_or(true);
-        let names = if is_id { Vec::new() } else { vec![record.name.clone()] };
-        match refs.iter_mut().find(|r| r.manifest_descriptor.digest == record.manifest.digest) {
+        let is_id = Reference::parse(arg)
+            .map(|r| r != record.name)
+            .unwrap_or(true);
+        let names = if is_id {
+            Vec::new()
+        } else {
+            vec![record.name.clone()]
+        };
+        match refs
+            .iter_mut()
+            .find(|r| r.manifest_descriptor.digest == record.manifest.digest)
+        {
             Some(existing) => existing.names.extend(names),
             None => refs.push(load_image(&root.content, record.manifest.clone(), names)?),
         }
@@ -142,7 +190,9 @@ pub fn save(root: &Root, output: Option<&Path>, images: &[String]) -> Result<()>
         Some(p) => Target::Tar(p.to_path_buf()),
         None => {
             if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                bail!("refusing to write a tarball to a terminal: use -o FILE or redirect standard output");
+                bail!(
+                    "refusing to write a tarball to a terminal: use -o FILE or redirect standard output"
+                );
             }
             Target::Stdout
         }
@@ -153,8 +203,11 @@ pub fn save(root: &Root, output: Option<&Path>, images: &[String]) -> Result<()>
 
 pub fn load(root: &Root, input: Option<&Path>, quiet: bool) -> Result<()> {
     let imported = match input {
-        Some(path) => import(&root.content, path).with_context(|| format!("loading {}", path.display()))?,
-        None => import_reader(&root.content, std::io::stdin().lock()).context("loading from standard input")?,
+        Some(path) => {
+            import(&root.content, path).with_context(|| format!("loading {}", path.display()))?
+        }
+        None => import_reader(&root.content, std::io::stdin().lock())
+            .context("loading from standard input")?,
     };
     for image in imported {
         let size = image.manifest_size_sum(&root.content);
@@ -167,9 +220,17 @@ pub fn load(root: &Root, input: Option<&Path>, quiet: bool) -> Result<()> {
                     created: image.config.created.clone(),
                     size,
                 })?;
-                println!("{}{}", if quiet { "" } else { "Loaded image: " }, name.familiar());
+                println!(
+                    "{}{}",
+                    if quiet { "" } else { "Loaded image: " },
+                    name.familiar()
+                );
             }
-            None => println!("{}{}", if quiet { "" } else { "Loaded image ID: " }, image.config_digest),
+            None => println!(
+                "{}{}",
+                if quiet { "" } else { "Loaded image ID: " },
+                image.config_digest
+            ),
         }
     }
     Ok(())
@@ -180,7 +241,8 @@ pub fn inspect(root: &Root, images: &[String]) -> Result<()> {
     for arg in images {
         let record = find_one(root, arg)?;
         let bytes = root.content.read_all(&record.config)?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("image config of {arg}"))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).with_context(|| format!("image config of {arg}"))?;
         configs.push(value);
     }
     println!("{}", serde_json::to_string_pretty(&configs)?);
@@ -217,9 +279,22 @@ fn human_size(bytes: u64) -> String {
         size /= 1000.0;
         unit += 1;
     }
-    let digits = if size >= 100.0 { 0 } else if size >= 10.0 { 1 } else { 2 };
+    let digits = if size >= 100.0 {
+        0
+    } else if size >= 10.0 {
+        1
+    } else {
+        2
+    };
     let rounded = format!("{size:.digits$}");
-    let trimmed = if rounded.contains('.') { rounded.trim_end_matches('0').trim_end_matches('.').to_string() } else { rounded };
+    let trimmed = if rounded.contains('.') {
+        rounded
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    } else {
+        rounded
+    };
     format!("{trimmed}{}", units[unit])
 }
 

@@ -14,9 +14,14 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config> {
-        let Some(path) = path else { return Ok(Config::default()) };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-        let table: toml::Table = text.parse().with_context(|| format!("config {} is not valid TOML", path.display()))?;
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let table: toml::Table = text
+            .parse()
+            .with_context(|| format!("config {} is not valid TOML", path.display()))?;
         Ok(Config { table })
     }
 }

@@ -55,7 +55,8 @@ fn run(cli: Cli) -> Result<()> {
         Some(root) => root,
         None => default_root()?,
     };
-    let root = Root::open(&root_path).with_context(|| format!("opening rbuild's root {}", root_path.display()))?;
+    let root = Root::open(&root_path)
+        .with_context(|| format!("opening rbuild's root {}", root_path.display()))?;
     match cli.command {
         Command::Build(args) => build::run(&root, args),
         Command::Images(args) => commands::images(&root, &args),
@@ -76,7 +77,9 @@ fn default_root() -> Result<PathBuf> {
     if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(data).join("rbuild"));
     }
-    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).context("neither --root, RBUILD_ROOT, XDG_DATA_HOME nor HOME is set")?;
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("neither --root, RBUILD_ROOT, XDG_DATA_HOME nor HOME is set")?;
     Ok(PathBuf::from(home).join(".local/share/rbuild"))
 }
 
@@ -84,6 +87,10 @@ fn default_root() -> Result<PathBuf> {
 fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }

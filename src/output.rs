@@ -13,7 +13,11 @@ pub enum Output {
     /// A docker-save tarball (file, or stdout for `-`).
     Docker { dest: Dest, names: Vec<String> },
     /// An OCI layout: a tarball, or a directory with `tar=false`.
-    Oci { dest: Dest, tar: bool, names: Vec<String> },
+    Oci {
+        dest: Dest,
+        tar: bool,
+        names: Vec<String>,
+    },
     /// The root filesystem in a directory.
     Local { dest: PathBuf },
     /// The root filesystem as a tarball.
@@ -28,7 +32,11 @@ pub enum Dest {
 
 impl Dest {
     fn parse(value: &str) -> Dest {
-        if value == "-" { Dest::Stdout } else { Dest::Path(PathBuf::from(value)) }
+        if value == "-" {
+            Dest::Stdout
+        } else {
+            Dest::Path(PathBuf::from(value))
+        }
     }
 }
 
@@ -40,7 +48,9 @@ impl Output {
             return Ok(Output::Tar { dest: Dest::Stdout });
         }
         if !spec.contains('=') {
-            return Ok(Output::Local { dest: PathBuf::from(spec) });
+            return Ok(Output::Local {
+                dest: PathBuf::from(spec),
+            });
         }
         let mut kind = None;
         let mut dest = None;
@@ -60,13 +70,24 @@ impl Output {
                         _ => bail!("invalid output {spec:?}: tar must be true or false"),
                     }
                 }
-                "name" => names.extend(value.split(',').filter(|n| !n.is_empty()).map(str::to_string)),
+                "name" => names.extend(
+                    value
+                        .split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_string),
+                ),
                 "push" if value == "false" => {}
-                "push" => bail!("invalid output {spec:?}: pushing to a registry is not supported yet"),
-                other => bail!("invalid output {spec:?}: unknown key {other:?} (known: type, dest, tar, name)"),
+                "push" => {
+                    bail!("invalid output {spec:?}: pushing to a registry is not supported yet")
+                }
+                other => bail!(
+                    "invalid output {spec:?}: unknown key {other:?} (known: type, dest, tar, name)"
+                ),
             }
         }
-        let Some(kind) = kind else { bail!("invalid output {spec:?}: missing type= ({TYPES})") };
+        let Some(kind) = kind else {
+            bail!("invalid output {spec:?}: missing type= ({TYPES})")
+        };
         let need_dest = |dest: Option<String>| -> Result<Dest> {
             match dest {
                 Some(d) if !d.is_empty() => Ok(Dest::parse(&d)),
@@ -75,7 +96,10 @@ impl Output {
         };
         Ok(match kind.as_str() {
             "image" => Output::Image { names },
-            "docker" => Output::Docker { dest: need_dest(dest)?, names },
+            "docker" => Output::Docker {
+                dest: need_dest(dest)?,
+                names,
+            },
             "oci" => {
                 let dest = need_dest(dest)?;
                 if !tar && dest == Dest::Stdout {
@@ -87,7 +111,9 @@ impl Output {
                 Dest::Path(p) => Output::Local { dest: p },
                 Dest::Stdout => bail!("output type=local needs a directory as dest"),
             },
-            "tar" => Output::Tar { dest: need_dest(dest)? },
+            "tar" => Output::Tar {
+                dest: need_dest(dest)?,
+            },
             "registry" => bail!("output type=registry is not supported yet"),
             other => bail!("unknown output type {other:?} (supported: {TYPES})"),
         })
@@ -122,19 +148,39 @@ mod tests {
     fn parses_buildx_specs() {
         assert_eq!(
             Output::parse("type=docker,dest=out.tar").unwrap(),
-            Output::Docker { dest: Dest::Path("out.tar".into()), names: vec![] }
+            Output::Docker {
+                dest: Dest::Path("out.tar".into()),
+                names: vec![]
+            }
         );
         assert_eq!(
             Output::parse("type=oci,dest=dir,tar=false").unwrap(),
-            Output::Oci { dest: Dest::Path("dir".into()), tar: false, names: vec![] }
+            Output::Oci {
+                dest: Dest::Path("dir".into()),
+                tar: false,
+                names: vec![]
+            }
         );
-        assert_eq!(Output::parse("out").unwrap(), Output::Local { dest: "out".into() });
-        assert_eq!(Output::parse("-").unwrap(), Output::Tar { dest: Dest::Stdout });
+        assert_eq!(
+            Output::parse("out").unwrap(),
+            Output::Local { dest: "out".into() }
+        );
+        assert_eq!(
+            Output::parse("-").unwrap(),
+            Output::Tar { dest: Dest::Stdout }
+        );
         assert_eq!(
             Output::parse(r#"type=image,"name=a:1,b:2""#).unwrap(),
-            Output::Image { names: vec!["a:1".into(), "b:2".into()] }
+            Output::Image {
+                names: vec!["a:1".into(), "b:2".into()]
+            }
         );
-        assert!(Output::parse("type=bogus,dest=x").unwrap_err().to_string().contains("unknown output type"));
+        assert!(
+            Output::parse("type=bogus,dest=x")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown output type")
+        );
         assert!(Output::parse("type=docker").is_err());
         assert!(Output::parse("type=local,dest=x,color=red").is_err());
     }

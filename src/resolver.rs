@@ -38,7 +38,13 @@ impl<'a> Resolver<'a> {
                 );
             };
             let (location, digest) = match location.split_once('@') {
-                Some((l, d)) => (l, Some(d.parse::<Digest>().map_err(|e| anyhow::anyhow!("--build-context {spec:?}: {e}"))?)),
+                Some((l, d)) => (
+                    l,
+                    Some(
+                        d.parse::<Digest>()
+                            .map_err(|e| anyhow::anyhow!("--build-context {spec:?}: {e}"))?,
+                    ),
+                ),
                 None => (location, None),
             };
             // A tag follows the last ':' unless that ':' is inside the path.
@@ -49,24 +55,36 @@ impl<'a> Resolver<'a> {
             if path.is_empty() {
                 bail!("invalid --build-context {spec:?}: empty path");
             }
-            contexts.push(LayoutContext { name: name.to_string(), path: PathBuf::from(path), tag, digest });
+            contexts.push(LayoutContext {
+                name: name.to_string(),
+                path: PathBuf::from(path),
+                tag,
+                digest,
+            });
         }
         Ok(Resolver { root, contexts })
     }
 
-    fn from_layout(&self, context: &LayoutContext) -> Result<ResolvedImage, String> {
-        let images = import(&self.root.content, &context.path)
-            .map_err(|e| format!("build context {}={}: {e}", context.name, context.path.display()))?;
+    fn resolve_layout(&self, context: &LayoutContext) -> Result<ResolvedImage, String> {
+        let images = import(&self.root.content, &context.path).map_err(|e| {
+            format!(
+                "build context {}={}: {e}",
+                context.name,
+                context.path.display()
+            )
+        })?;
         let wanted_tag = context.tag.as_deref();
         let chosen: Option<&Imported> = match (&context.digest, wanted_tag) {
             (Some(d), _) => images.iter().find(|i| i.manifest.digest == *d),
             (None, Some(tag)) => images.iter().find(|i| {
-                i.ref_name.as_deref() == Some(tag) || i.name.as_ref().and_then(|n| n.tag()) == Some(tag)
+                i.ref_name.as_deref() == Some(tag)
+                    || i.name.as_ref().and_then(|n| n.tag()) == Some(tag)
             }),
             (None, None) => match images.as_slice() {
                 [only] => Some(only),
                 many => many.iter().find(|i| {
-                    i.ref_name.as_deref() == Some("latest") || i.name.as_ref().and_then(|n| n.tag()) == Some("latest")
+                    i.ref_name.as_deref() == Some("latest")
+                        || i.name.as_ref().and_then(|n| n.tag()) == Some("latest")
                 }),
             },
         };
@@ -74,14 +92,22 @@ impl<'a> Resolver<'a> {
             format!(
                 "build context {}: no image {} in the OCI layout {}",
                 context.name,
-                context.digest.map(|d| d.to_string()).or(context.tag.clone()).unwrap_or_else(|| "latest".into()),
+                context
+                    .digest
+                    .map(|d| d.to_string())
+                    .or(context.tag.clone())
+                    .unwrap_or_else(|| "latest".into()),
                 context.path.display()
             )
         })?;
-        Ok(ResolvedImage { name: context.name.clone(), manifest: chosen.manifest.clone(), config: chosen.config.clone() })
+        Ok(ResolvedImage {
+            name: context.name.clone(),
+            manifest: chosen.manifest.clone(),
+            config: chosen.config.clone(),
+        })
     }
 
-    fn from_store(&self, name: &str) -> Result<Option<ResolvedImage>, String> {
+    fn resolve_stored(&self, name: &str) -> Result<Option<ResolvedImage>, String> {
         let reference = Reference::parse(name).map_err(|e| format!("{name}: {e}"))?;
         let record = match reference.digest() {
             Some(digest) => self
@@ -90,13 +116,30 @@ impl<'a> Resolver<'a> {
                 .list()
                 .map_err(|e| e.to_string())?
                 .into_iter()
-                .find(|r| r.manifest.digest == *digest && r.name.repository() == reference.repository()),
-            None => self.root.images.get(&reference).map_err(|e| e.to_string())?,
+                .find(|r| {
+                    r.manifest.digest == *digest && r.name.repository() == reference.repository()
+                }),
+            None => self
+                .root
+                .images
+                .get(&reference)
+                .map_err(|e| e.to_string())?,
         };
-        let Some(record) = record else { return Ok(None) };
-        let bytes = self.root.content.read_all(&record.config).map_err(|e| format!("{name}: {e}"))?;
-        let config: ImageConfig = serde_json::from_slice(&bytes).map_err(|e| format!("{name}: image config: {e}"))?;
-        Ok(Some(ResolvedImage { name: name.to_string(), manifest: record.manifest, config }))
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let bytes = self
+            .root
+            .content
+            .read_all(&record.config)
+            .map_err(|e| format!("{name}: {e}"))?;
+        let config: ImageConfig =
+            serde_json::from_slice(&bytes).map_err(|e| format!("{name}: image config: {e}"))?;
+        Ok(Some(ResolvedImage {
+            name: name.to_string(),
+            manifest: record.manifest,
+            config,
+        }))
     }
 }
 
@@ -107,8 +150,8 @@ impl ImageResolver for Resolver<'_> {
             c.name == name || (normalized.is_some() && Reference::parse(&c.name).ok() == normalized)
         });
         match context {
-            Some(context) => self.from_layout(context).map(Some),
-            None => self.from_store(name),
+            Some(context) => self.resolve_layout(context).map(Some),
+            None => self.resolve_stored(name),
         }
     }
 }

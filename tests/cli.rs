@@ -11,7 +11,10 @@ fn scratch_context(env: &Env) -> std::path::PathBuf {
     env.context(
         "ctx",
         &[
-            ("Dockerfile", "FROM scratch\nCOPY hello.txt /hello.txt\nCOPY dir /opt/dir\nCMD [\"/hello\"]\n"),
+            (
+                "Dockerfile",
+                "FROM scratch\nCOPY hello.txt /hello.txt\nCOPY dir /opt/dir\nCMD [\"/hello\"]\n",
+            ),
             ("hello.txt", "hello\n"),
             ("dir/a", "a\n"),
             ("dir/nested/b", "b\n"),
@@ -21,7 +24,12 @@ fn scratch_context(env: &Env) -> std::path::PathBuf {
 
 fn diff_ids(env: &Env, image: &str) -> Vec<String> {
     let config = json(&env.ok(&["inspect", image]));
-    config[0]["rootfs"]["diff_ids"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect()
+    config[0]["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -29,13 +37,24 @@ fn build_is_the_default_subcommand_and_images_lists_it() {
     let env = Env::new();
     let ctx = scratch_context(&env);
     let id = env.ok(&["-q", "-t", "app:v1", ctx.to_str().unwrap()]);
-    assert!(id.trim().starts_with("sha256:") && id.trim().len() == 71, "{id}");
+    assert!(
+        id.trim().starts_with("sha256:") && id.trim().len() == 71,
+        "{id}"
+    );
     let id2 = env.ok(&["build", "-q", "-t", "other/app:v2", ctx.to_str().unwrap()]);
     assert!(id2.trim().starts_with("sha256:"));
     let images = env.ok(&["images"]);
     let lines: Vec<&str> = images.lines().collect();
-    assert!(lines[0].starts_with("REPOSITORY") && lines[0].contains("IMAGE ID") && lines[0].ends_with("SIZE"), "{images}");
-    assert!(images.contains("app ") && images.contains("v1") && images.contains(&id.trim()[7..19]), "{images}");
+    assert!(
+        lines[0].starts_with("REPOSITORY")
+            && lines[0].contains("IMAGE ID")
+            && lines[0].ends_with("SIZE"),
+        "{images}"
+    );
+    assert!(
+        images.contains("app ") && images.contains("v1") && images.contains(&id.trim()[7..19]),
+        "{images}"
+    );
     assert!(images.contains("other/app"), "{images}");
 }
 
@@ -49,7 +68,11 @@ fn unchanged_scratch_copy_gives_identical_layers() {
     let first = diff_ids(&a, "x:1");
     assert_eq!(first.len(), 2);
     assert_eq!(first, diff_ids(&a, "x:2"));
-    assert_eq!(first, diff_ids(&b, "x:1"), "a second root gives the same layers");
+    assert_eq!(
+        first,
+        diff_ids(&b, "x:1"),
+        "a second root gives the same layers"
+    );
 }
 
 #[test]
@@ -57,7 +80,12 @@ fn source_date_epoch_makes_the_whole_image_reproducible() {
     let (a, b) = (Env::new(), Env::new());
     let ctx = scratch_context(&a);
     let id = |env: &Env| {
-        let out = env.rbuild().env("SOURCE_DATE_EPOCH", "1700000000").args(["-q", ctx.to_str().unwrap()]).output().unwrap();
+        let out = env
+            .rbuild()
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["-q", ctx.to_str().unwrap()])
+            .output()
+            .unwrap();
         assert_success(&out, "rbuild build");
         String::from_utf8(out.stdout).unwrap()
     };
@@ -72,7 +100,10 @@ fn tag_inspect_rmi() {
     env.ok(&["tag", "app:v1", "localhost:5000/team/app:prod"]);
     let config = json(&env.ok(&["inspect", "localhost:5000/team/app:prod"]));
     assert_eq!(config[0]["config"]["Cmd"], serde_json::json!(["/hello"]));
-    assert_eq!(config[0]["history"][1]["created_by"], "COPY dir /opt/dir # buildkit");
+    assert_eq!(
+        config[0]["history"][1]["created_by"],
+        "COPY dir /opt/dir # buildkit"
+    );
     assert_eq!(config[0]["history"][2]["empty_layer"], true);
     // By image ID prefix too.
     let by_id = json(&env.ok(&["inspect", &id.trim()[7..19]]));
@@ -89,7 +120,16 @@ fn iidfile_and_metadata_file_match_the_image() {
     let env = Env::new();
     let ctx = scratch_context(&env);
     let (iid, meta) = (env.path("iid"), env.path("meta.json"));
-    let printed = env.ok(&["-q", "-t", "m:1", "--iidfile", iid.to_str().unwrap(), "--metadata-file", meta.to_str().unwrap(), ctx.to_str().unwrap()]);
+    let printed = env.ok(&[
+        "-q",
+        "-t",
+        "m:1",
+        "--iidfile",
+        iid.to_str().unwrap(),
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ]);
     let iid = std::fs::read_to_string(iid).unwrap();
     assert_eq!(printed.trim(), iid);
     let meta = json(&std::fs::read_to_string(meta).unwrap());
@@ -104,7 +144,10 @@ fn iidfile_and_metadata_file_match_the_image() {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[test]
@@ -114,17 +157,39 @@ fn local_and_tar_outputs_hold_the_root_filesystem() {
     }
     let env = Env::new();
     env.load_busybox();
-    let ctx = env.context("c", &[("Dockerfile", "FROM busybox\nCOPY f /etc/f\nWORKDIR /new/dir\n"), ("f", "F\n")]);
+    let ctx = env.context(
+        "c",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nCOPY f /etc/f\nWORKDIR /new/dir\n",
+            ),
+            ("f", "F\n"),
+        ],
+    );
     let out = env.path("out");
     env.ok(&["-o", out.to_str().unwrap(), ctx.to_str().unwrap()]);
     assert_eq!(std::fs::read_to_string(out.join("etc/f")).unwrap(), "F\n");
     assert!(out.join("new/dir").is_dir() && out.join("bin/busybox").is_file());
-    assert_eq!(std::fs::read_link(out.join("bin/sh")).unwrap().to_str(), Some("/bin/busybox"));
+    assert_eq!(
+        std::fs::read_link(out.join("bin/sh")).unwrap().to_str(),
+        Some("/bin/busybox")
+    );
     let tar = env.path("rootfs.tar");
-    env.ok(&["-o", &format!("type=tar,dest={}", tar.display()), ctx.to_str().unwrap()]);
-    let listing = run(Command::new("tar").args(["-tf", tar.to_str().unwrap()]), "tar -tf");
+    env.ok(&[
+        "-o",
+        &format!("type=tar,dest={}", tar.display()),
+        ctx.to_str().unwrap(),
+    ]);
+    let listing = run(
+        Command::new("tar").args(["-tf", tar.to_str().unwrap()]),
+        "tar -tf",
+    );
     for wanted in ["etc/f", "new/dir/", "bin/busybox", "tmp/"] {
-        assert!(listing.lines().any(|l| l == wanted), "{wanted} missing from rootfs tar");
+        assert!(
+            listing.lines().any(|l| l == wanted),
+            "{wanted} missing from rootfs tar"
+        );
     }
 }
 
@@ -135,12 +200,29 @@ fn build_context_oci_layout_is_used_for_from() {
     }
     let env = Env::new();
     let layout = busybox_layout().unwrap();
-    let ctx = env.context("c", &[("Dockerfile", "FROM base\nCOPY f /f\n"), ("f", "F\n")]);
-    env.ok(&["-t", "fromlayout:1", "--build-context", &format!("base=oci-layout://{}:latest", layout.display()), ctx.to_str().unwrap()]);
+    let ctx = env.context(
+        "c",
+        &[("Dockerfile", "FROM base\nCOPY f /f\n"), ("f", "F\n")],
+    );
+    env.ok(&[
+        "-t",
+        "fromlayout:1",
+        "--build-context",
+        &format!("base=oci-layout://{}:latest", layout.display()),
+        ctx.to_str().unwrap(),
+    ]);
     let config = json(&env.ok(&["inspect", "fromlayout:1"]));
     assert_eq!(config[0]["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
-    assert_eq!(config[0]["config"]["Cmd"], serde_json::json!(["sh"]), "the base's config is inherited");
-    let err = env.fails(&["--build-context", &format!("base=oci-layout://{}:nosuchtag", layout.display()), ctx.to_str().unwrap()]);
+    assert_eq!(
+        config[0]["config"]["Cmd"],
+        serde_json::json!(["sh"]),
+        "the base's config is inherited"
+    );
+    let err = env.fails(&[
+        "--build-context",
+        &format!("base=oci-layout://{}:nosuchtag", layout.display()),
+        ctx.to_str().unwrap(),
+    ]);
     assert!(err.contains("nosuchtag"), "{err}");
 }
 
@@ -149,7 +231,11 @@ fn concurrent_builds_on_one_root() {
     let env = Env::new();
     let ctx = scratch_context(&env);
     let children: Vec<_> = (0..4)
-        .map(|i| env.rbuild().args(["-q", "-t", &format!("c{i}:v1"), ctx.to_str().unwrap()]).output_spawned())
+        .map(|i| {
+            env.rbuild()
+                .args(["-q", "-t", &format!("c{i}:v1"), ctx.to_str().unwrap()])
+                .output_spawned()
+        })
         .collect();
     let ids: Vec<String> = children
         .into_iter()
@@ -161,14 +247,24 @@ fn concurrent_builds_on_one_root() {
         .collect();
     let images = env.ok(&["images"]);
     for i in 0..4 {
-        assert!(images.contains(&format!("c{i} ")), "c{i} missing:\n{images}");
+        assert!(
+            images.contains(&format!("c{i} ")),
+            "c{i} missing:\n{images}"
+        );
     }
     for (i, id) in ids.iter().enumerate() {
         let config = json(&env.ok(&["inspect", &format!("c{i}:v1")]));
-        assert_eq!(config[0]["rootfs"]["diff_ids"].as_array().unwrap().len(), 2, "{id}");
+        assert_eq!(
+            config[0]["rootfs"]["diff_ids"].as_array().unwrap().len(),
+            2,
+            "{id}"
+        );
     }
     // Nothing half-written is left in the store's scratch area.
-    assert_eq!(std::fs::read_dir(env.root().join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(env.root().join("tmp")).unwrap().count(),
+        0
+    );
 }
 
 trait SpawnOutput {
@@ -177,7 +273,10 @@ trait SpawnOutput {
 
 impl SpawnOutput for Command {
     fn output_spawned(&mut self) -> std::process::Child {
-        self.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+        self.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 }
 
@@ -190,24 +289,52 @@ fn bad_input_fails_cleanly() {
     let one_line = |stderr: &str, needle: &str| {
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
-        assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "{needle:?} not in: {stderr}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(needle),
+            "{needle:?} not in: {stderr}"
+        );
     };
-    one_line(&env.fails(&["-t", "a:1", &env.path("nope").display().to_string()]), "nope");
+    one_line(
+        &env.fails(&["-t", "a:1", &env.path("nope").display().to_string()]),
+        "nope",
+    );
     let dir_as_dockerfile = env.context("d", &[("Dockerfile/x", "")]);
-    one_line(&env.fails(&[dir_as_dockerfile.to_str().unwrap()]), "reading Dockerfile");
-    one_line(&env.fails(&["-o", "type=bogus,dest=x", ctx]), "unknown output type \"bogus\"");
+    one_line(
+        &env.fails(&[dir_as_dockerfile.to_str().unwrap()]),
+        "reading Dockerfile",
+    );
+    one_line(
+        &env.fails(&["-o", "type=bogus,dest=x", ctx]),
+        "unknown output type \"bogus\"",
+    );
     one_line(&env.fails(&["-t", "UPPER:case", ctx]), "must be lowercase");
     let missing = env.context("m", &[("Dockerfile", "FROM scratch\nCOPY missing.txt /\n")]);
-    one_line(&env.fails(&[missing.to_str().unwrap()]), "Dockerfile:2: COPY failed: \"missing.txt\": not found");
+    one_line(
+        &env.fails(&[missing.to_str().unwrap()]),
+        "Dockerfile:2: COPY failed: \"missing.txt\": not found",
+    );
     let typo = env.context("t", &[("Dockerfile", "FORM scratch\n")]);
-    one_line(&env.fails(&[typo.to_str().unwrap()]), "Dockerfile:1: unknown instruction: FORM (did you mean FROM?)");
+    one_line(
+        &env.fails(&[typo.to_str().unwrap()]),
+        "Dockerfile:1: unknown instruction: FORM (did you mean FROM?)",
+    );
     let nobase = env.context("n", &[("Dockerfile", "FROM nosuchimage:1\n")]);
-    one_line(&env.fails(&[nobase.to_str().unwrap()]), "Dockerfile:1: base image \"nosuchimage:1\" not found");
+    one_line(
+        &env.fails(&[nobase.to_str().unwrap()]),
+        "Dockerfile:1: base image \"nosuchimage:1\" not found",
+    );
     let err = env.fails(&["--bogus-flag", ctx]);
     assert!(err.contains("--bogus-flag"), "{err}");
-    one_line(&env.fails(&["load", "-i", &env.path("nope.tar").display().to_string()]), "nope.tar");
+    one_line(
+        &env.fails(&["load", "-i", &env.path("nope.tar").display().to_string()]),
+        "nope.tar",
+    );
     // A failed docker export leaves no partial file behind.
     let dest = env.path("out.tar");
-    env.fails(&["-o", &format!("type=docker,dest={}", dest.display()), missing.to_str().unwrap()]);
+    env.fails(&[
+        "-o",
+        &format!("type=docker,dest={}", dest.display()),
+        missing.to_str().unwrap(),
+    ]);
     assert!(!dest.exists());
 }

@@ -11,7 +11,10 @@ fn app_context(env: &Env) -> std::path::PathBuf {
 }
 
 fn docker_run(image: &str) -> String {
-    run(docker().args(["run", "--rm", "--network", "none", image]), &format!("docker run {image}"))
+    run(
+        docker().args(["run", "--rm", "--network", "none", image]),
+        &format!("docker run {image}"),
+    )
 }
 
 const EXPECTED: &str = "from rbuild\nhello world\n1000\n/app\n";
@@ -27,9 +30,21 @@ fn output_type_docker_loads_and_runs() {
     let tag = unique_tag("output");
     let _cleanup = DockerImages(vec![tag.clone()]);
     let tar = env.path("app.tar");
-    env.ok(&["-t", &tag, "-o", &format!("type=docker,dest={}", tar.display()), ctx.to_str().unwrap()]);
-    let loaded = run(docker().args(["load", "-i", tar.to_str().unwrap()]), "docker load");
-    assert!(loaded.contains(tag.trim_end_matches(":v1")), "docker load said: {loaded}");
+    env.ok(&[
+        "-t",
+        &tag,
+        "-o",
+        &format!("type=docker,dest={}", tar.display()),
+        ctx.to_str().unwrap(),
+    ]);
+    let loaded = run(
+        docker().args(["load", "-i", tar.to_str().unwrap()]),
+        "docker load",
+    );
+    assert!(
+        loaded.contains(tag.trim_end_matches(":v1")),
+        "docker load said: {loaded}"
+    );
     assert_eq!(docker_run(&tag), EXPECTED);
 }
 
@@ -47,11 +62,20 @@ fn rbuild_save_of_several_images_loads_and_runs() {
     let tar = env.path("saved.tar");
     env.ok(&["save", "-o", tar.to_str().unwrap(), &a, &b, "busybox"]);
     // Shared layers are stored once in the archive.
-    let listing = run(std::process::Command::new("tar").args(["-tf", tar.to_str().unwrap()]), "tar -tf");
-    let blobs: Vec<&str> = listing.lines().filter(|l| l.starts_with("blobs/sha256/") && l.len() > 20).collect();
+    let listing = run(
+        std::process::Command::new("tar").args(["-tf", tar.to_str().unwrap()]),
+        "tar -tf",
+    );
+    let blobs: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.starts_with("blobs/sha256/") && l.len() > 20)
+        .collect();
     let unique: std::collections::BTreeSet<&&str> = blobs.iter().collect();
     assert_eq!(blobs.len(), unique.len(), "duplicate blobs in {listing}");
-    run(docker().args(["load", "-i", tar.to_str().unwrap()]), "docker load");
+    run(
+        docker().args(["load", "-i", tar.to_str().unwrap()]),
+        "docker load",
+    );
     assert_eq!(docker_run(&a), EXPECTED);
     assert_eq!(docker_run(&b), EXPECTED);
 }
@@ -67,11 +91,23 @@ fn docker_save_output_loads_into_rbuild() {
     let tag = unique_tag("roundtrip");
     let _cleanup = DockerImages(vec![tag.clone()]);
     let tar = env.path("app.tar");
-    env.ok(&["-t", &tag, "-o", &format!("type=docker,dest={}", tar.display()), ctx.to_str().unwrap()]);
-    run(docker().args(["load", "-i", tar.to_str().unwrap()]), "docker load");
+    env.ok(&[
+        "-t",
+        &tag,
+        "-o",
+        &format!("type=docker,dest={}", tar.display()),
+        ctx.to_str().unwrap(),
+    ]);
+    run(
+        docker().args(["load", "-i", tar.to_str().unwrap()]),
+        "docker load",
+    );
     // What docker itself saves must load back into rbuild.
     let from_docker = env.path("from-docker.tar");
-    run(docker().args(["save", "-o", from_docker.to_str().unwrap(), &tag]), "docker save");
+    run(
+        docker().args(["save", "-o", from_docker.to_str().unwrap(), &tag]),
+        "docker save",
+    );
     let other = Env::new();
     let said = other.ok(&["load", "-i", from_docker.to_str().unwrap()]);
     assert!(said.contains(&format!("Loaded image: {tag}")), "{said}");

@@ -19,7 +19,9 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        Env { dir: tempfile::tempdir().expect("temp dir") }
+        Env {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn root(&self) -> PathBuf {
@@ -45,7 +47,9 @@ impl Env {
     pub fn rbuild(&self) -> Command {
         let mut c = Command::new(RBUILD);
         c.arg("--root").arg(self.root());
-        c.env_remove("RBUILD_ROOT").env_remove("RBUILD_CONFIG").env_remove("SOURCE_DATE_EPOCH");
+        c.env_remove("RBUILD_ROOT")
+            .env_remove("RBUILD_CONFIG")
+            .env_remove("SOURCE_DATE_EPOCH");
         c
     }
 
@@ -60,8 +64,16 @@ impl Env {
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.rbuild().args(args).output().expect("run rbuild");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!out.status.success(), "rbuild {} should fail; stderr: {stderr}", args.join(" "));
-        assert!(!stderr.contains("panicked"), "rbuild {} panicked: {stderr}", args.join(" "));
+        assert!(
+            !out.status.success(),
+            "rbuild {} should fail; stderr: {stderr}",
+            args.join(" ")
+        );
+        assert!(
+            !stderr.contains("panicked"),
+            "rbuild {} panicked: {stderr}",
+            args.join(" ")
+        );
         stderr
     }
 
@@ -96,7 +108,12 @@ pub fn missing(what: &str) -> bool {
 }
 
 pub fn have_command(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 pub fn require_command(cmd: &str) -> bool {
@@ -108,7 +125,8 @@ pub fn busybox_layout() -> Option<&'static Path> {
     static LAYOUT: OnceLock<Option<PathBuf>> = OnceLock::new();
     LAYOUT
         .get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("rbuild-test-busybox-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("rbuild-test-busybox-{}", std::process::id()));
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/make-busybox.sh");
             let out = Command::new("bash").arg(script).arg(&dir).output().ok()?;
             out.status.success().then_some(dir)
@@ -117,13 +135,20 @@ pub fn busybox_layout() -> Option<&'static Path> {
 }
 
 pub fn require_busybox() -> bool {
-    busybox_layout().is_some() || missing("busybox-static is not installed, so testdata/make-busybox.sh cannot build the base image")
+    busybox_layout().is_some()
+        || missing(
+            "busybox-static is not installed, so testdata/make-busybox.sh cannot build the base image",
+        )
 }
 
 /// The docker client to use: Debian's docker.io client when present (it
 /// builds with BuildKit without the buildx plugin), else `docker`.
 pub fn docker_bin() -> &'static str {
-    if Path::new("/usr/bin/docker").exists() { "/usr/bin/docker" } else { "docker" }
+    if Path::new("/usr/bin/docker").exists() {
+        "/usr/bin/docker"
+    } else {
+        "docker"
+    }
 }
 
 pub fn docker() -> Command {
@@ -135,14 +160,23 @@ pub fn docker() -> Command {
 /// Whether a Docker engine answers.
 pub fn require_docker() -> bool {
     static UP: OnceLock<bool> = OnceLock::new();
-    let up = *UP.get_or_init(|| docker().args(["info", "--format", "{{.ServerVersion}}"]).output().is_ok_and(|o| o.status.success()));
+    let up = *UP.get_or_init(|| {
+        docker()
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
     up || missing("no Docker engine is reachable (start dockerd as .ci/run does)")
 }
 
 /// A tag no other test (or test run) uses, for images put into docker.
 pub fn unique_tag(prefix: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!("rbuild-test-{prefix}-{}-{}:v1", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "rbuild-test-{prefix}-{}-{}:v1",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// Removes docker images when dropped.

@@ -71,7 +71,9 @@ impl BaseFs {
         for entry in archive.entries()? {
             let mut entry = entry?;
             let raw = entry.path()?.to_string_lossy().into_owned();
-            let Some(path) = normalize(&raw) else { continue };
+            let Some(path) = normalize(&raw) else {
+                continue;
+            };
             let (dir, name) = match path.rsplit_once('/') {
                 Some((d, n)) => (d.to_string(), n.to_string()),
                 None => (String::new(), path.clone()),
@@ -87,9 +89,14 @@ impl BaseFs {
             let header = entry.header();
             let kind = match header.entry_type() {
                 tar::EntryType::Directory => NodeKind::Directory,
-                tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Link => NodeKind::File,
+                tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Link => {
+                    NodeKind::File
+                }
                 tar::EntryType::Symlink => NodeKind::Symlink(
-                    entry.link_name()?.map(|l| l.to_string_lossy().into_owned()).unwrap_or_default(),
+                    entry
+                        .link_name()?
+                        .map(|l| l.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
                 ),
                 _ => NodeKind::Other,
             };
@@ -128,8 +135,18 @@ impl BaseFs {
             self.nodes.remove(path);
             self.files.remove(path);
         }
-        let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
-        let doomed: Vec<String> = self.nodes.range(prefix.clone()..).map(|(k, _)| k).take_while(|k| k.starts_with(&prefix)).cloned().collect();
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        let doomed: Vec<String> = self
+            .nodes
+            .range(prefix.clone()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
         for k in doomed {
             self.nodes.remove(&k);
             self.files.remove(&k);
@@ -148,8 +165,14 @@ impl BaseFs {
 
     /// Whether `path` is an existing directory (through symlinks).
     pub fn is_dir(&self, path: &str) -> bool {
-        let Some(resolved) = self.resolve_path(path, true) else { return false };
-        resolved.is_empty() || self.nodes.get(&resolved).is_some_and(|n| n.kind == NodeKind::Directory)
+        let Some(resolved) = self.resolve_path(path, true) else {
+            return false;
+        };
+        resolved.is_empty()
+            || self
+                .nodes
+                .get(&resolved)
+                .is_some_and(|n| n.kind == NodeKind::Directory)
     }
 
     /// Resolves parent components (and the last one when `follow_last`)
@@ -170,7 +193,11 @@ impl BaseFs {
             resolved.push(component);
             let is_last = pending.is_empty();
             let current = resolved.join("/");
-            if let Some(Node { kind: NodeKind::Symlink(target), .. }) = self.nodes.get(&current) {
+            if let Some(Node {
+                kind: NodeKind::Symlink(target),
+                ..
+            }) = self.nodes.get(&current)
+            {
                 if is_last && !follow_last {
                     break;
                 }
@@ -213,13 +240,17 @@ impl BaseFs {
         }
         let (uid, primary_gid) = match parse_id(user)? {
             Some(uid) => (uid, uid),
-            None => self.passwd_lookup(user).ok_or_else(|| UserError::NoUser(user.to_string()))?,
+            None => self
+                .passwd_lookup(user)
+                .ok_or_else(|| UserError::NoUser(user.to_string()))?,
         };
         let gid = match group {
             None | Some("") => primary_gid,
             Some(group) => match parse_id(group)? {
                 Some(gid) => gid,
-                None => self.group_lookup(group).ok_or_else(|| UserError::NoGroup(group.to_string()))?,
+                None => self
+                    .group_lookup(group)
+                    .ok_or_else(|| UserError::NoGroup(group.to_string()))?,
             },
         };
         Ok(Owner { uid, gid })
@@ -227,20 +258,28 @@ impl BaseFs {
 
     fn passwd_lookup(&self, name: &str) -> Option<(u32, u32)> {
         let passwd = self.file("etc/passwd")?;
-        BufReader::new(passwd).lines().map_while(Result::ok).find_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            (fields.len() >= 4 && fields[0] == name)
-                .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
-                .flatten()
-        })
+        BufReader::new(passwd)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split(':').collect();
+                (fields.len() >= 4 && fields[0] == name)
+                    .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
+                    .flatten()
+            })
     }
 
     fn group_lookup(&self, name: &str) -> Option<u32> {
         let group = self.file("etc/group")?;
-        BufReader::new(group).lines().map_while(Result::ok).find_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            (fields.len() >= 3 && fields[0] == name).then(|| fields[2].parse().ok()).flatten()
-        })
+        BufReader::new(group)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split(':').collect();
+                (fields.len() >= 3 && fields[0] == name)
+                    .then(|| fields[2].parse().ok())
+                    .flatten()
+            })
     }
 }
 
@@ -249,15 +288,24 @@ fn parse_id(s: &str) -> Result<Option<u32>, UserError> {
     if !s.bytes().all(|b| b.is_ascii_digit()) {
         return Ok(None);
     }
-    s.parse::<u32>().map(Some).map_err(|_| UserError::OutOfRange(s.to_string()))
+    s.parse::<u32>()
+        .map(Some)
+        .map_err(|_| UserError::OutOfRange(s.to_string()))
 }
 
 fn components(path: &str) -> Vec<String> {
-    path.split('/').filter(|c| !c.is_empty()).map(str::to_string).collect()
+    path.split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") }
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 /// A layer entry's name as a clean relative path; None for the root itself.
@@ -282,7 +330,10 @@ pub fn decompress<'a>(layer: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
     if magic.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::read::MultiGzDecoder::new(reader)))
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "zstd-compressed layers are not supported yet"))
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "zstd-compressed layers are not supported yet",
+        ))
     } else {
         Ok(Box::new(reader))
     }
@@ -296,8 +347,20 @@ mod tests {
     fn layer(entries: &[(&str, EntryKind)]) -> Vec<u8> {
         let mut w = LayerWriter::new(Vec::new());
         for (path, kind) in entries {
-            let mode = if *kind == EntryKind::Directory { 0o755 } else { 0o644 };
-            w.add(&Entry { path: path.to_string(), kind: kind.clone(), mode, uid: 0, gid: 0, mtime: 0 }).unwrap();
+            let mode = if *kind == EntryKind::Directory {
+                0o755
+            } else {
+                0o644
+            };
+            w.add(&Entry {
+                path: path.to_string(),
+                kind: kind.clone(),
+                mode,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+            })
+            .unwrap();
         }
         w.finish().unwrap().2
     }
@@ -305,37 +368,68 @@ mod tests {
     #[test]
     fn whiteouts_symlinks_and_users() {
         let mut fs = BaseFs::empty();
-        fs.apply_layer(&layer(&[
-            ("etc", EntryKind::Directory),
-            ("etc/passwd", EntryKind::Bytes(b"root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n".to_vec())),
-            ("etc/group", EntryKind::Bytes(b"root:x:0:\nstaff:x:50:app\n".to_vec())),
-            ("usr", EntryKind::Directory),
-            ("usr/lib", EntryKind::Directory),
-            ("lib", EntryKind::Symlink { target: "usr/lib".into() }),
-            ("gone", EntryKind::Directory),
-            ("gone/f", EntryKind::Bytes(vec![])),
-            ("opq", EntryKind::Directory),
-            ("opq/old", EntryKind::Bytes(vec![])),
-        ])[..])
+        fs.apply_layer(
+            &layer(&[
+                ("etc", EntryKind::Directory),
+                (
+                    "etc/passwd",
+                    EntryKind::Bytes(
+                        b"root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n".to_vec(),
+                    ),
+                ),
+                (
+                    "etc/group",
+                    EntryKind::Bytes(b"root:x:0:\nstaff:x:50:app\n".to_vec()),
+                ),
+                ("usr", EntryKind::Directory),
+                ("usr/lib", EntryKind::Directory),
+                (
+                    "lib",
+                    EntryKind::Symlink {
+                        target: "usr/lib".into(),
+                    },
+                ),
+                ("gone", EntryKind::Directory),
+                ("gone/f", EntryKind::Bytes(vec![])),
+                ("opq", EntryKind::Directory),
+                ("opq/old", EntryKind::Bytes(vec![])),
+            ])[..],
+        )
         .unwrap();
-        fs.apply_layer(&layer(&[
-            (".wh.gone", EntryKind::Bytes(vec![])),
-            ("opq", EntryKind::Directory),
-            ("opq/.wh..wh..opq", EntryKind::Bytes(vec![])),
-            ("opq/new", EntryKind::Bytes(vec![])),
-        ])[..])
+        fs.apply_layer(
+            &layer(&[
+                (".wh.gone", EntryKind::Bytes(vec![])),
+                ("opq", EntryKind::Directory),
+                ("opq/.wh..wh..opq", EntryKind::Bytes(vec![])),
+                ("opq/new", EntryKind::Bytes(vec![])),
+            ])[..],
+        )
         .unwrap();
         assert!(fs.is_dir("/lib"));
         assert!(fs.is_dir("/"));
-        assert_eq!(fs.resolve("/lib/../../etc/passwd").map(|(p, _)| p).as_deref(), Some("etc/passwd"));
+        assert_eq!(
+            fs.resolve("/lib/../../etc/passwd")
+                .map(|(p, _)| p)
+                .as_deref(),
+            Some("etc/passwd")
+        );
         assert!(fs.get("gone").is_none() && fs.get("gone/f").is_none());
         assert!(fs.get("opq/old").is_none() && fs.get("opq/new").is_some());
-        assert_eq!(fs.owner("app").unwrap(), Owner { uid: 1000, gid: 1001 });
+        assert_eq!(
+            fs.owner("app").unwrap(),
+            Owner {
+                uid: 1000,
+                gid: 1001
+            }
+        );
         assert_eq!(fs.owner("app:staff").unwrap(), Owner { uid: 1000, gid: 50 });
         assert_eq!(fs.owner("7").unwrap(), Owner { uid: 7, gid: 7 });
         assert_eq!(fs.owner("7:root").unwrap(), Owner { uid: 7, gid: 0 });
         assert!(matches!(fs.owner("nobody"), Err(UserError::NoUser(_))));
         assert!(matches!(fs.owner("app:nope"), Err(UserError::NoGroup(_))));
-        assert!(matches!(fs.owner("4294967296"), Err(UserError::OutOfRange(_))));
+        assert!(matches!(
+            fs.owner("4294967296"),
+            Err(UserError::OutOfRange(_))
+        ));
     }
 }

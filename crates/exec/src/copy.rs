@@ -24,7 +24,9 @@ pub enum CopyError {
     NoMatch(String),
     #[error("{0:?}: bad pattern: {1}")]
     BadPattern(String, &'static str),
-    #[error("when copying more than one source, the destination must be a directory and end with a / (got {0:?})")]
+    #[error(
+        "when copying more than one source, the destination must be a directory and end with a / (got {0:?})"
+    )]
     DestinationNotDirectory(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
@@ -48,7 +50,10 @@ pub struct CopySpec<'a> {
 
 /// The layer entries a COPY adds on top of `base`, sorted, parents first.
 pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Vec<Entry>, CopyError> {
-    let context_root = fs::canonicalize(spec.context).map_err(|source| CopyError::Io { path: spec.context.to_path_buf(), source })?;
+    let context_root = fs::canonicalize(spec.context).map_err(|source| CopyError::Io {
+        path: spec.context.to_path_buf(),
+        source,
+    })?;
     let mut matches: Vec<(String, PathBuf)> = Vec::new();
     for source in spec.sources {
         let found = find_sources(&context_root, source)?;
@@ -56,7 +61,10 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Vec<Entry>, Co
     }
     let dest_is_dir_hint = spec.dest.ends_with('/') || spec.dest.ends_with("/.");
     let has_wildcard = spec.sources.iter().any(|s| has_meta(s));
-    if (matches.len() > 1 || spec.sources.len() > 1) && !dest_is_dir_hint && !(has_wildcard && matches.len() == 1) {
+    if (matches.len() > 1 || spec.sources.len() > 1)
+        && !dest_is_dir_hint
+        && !(has_wildcard && matches.len() == 1)
+    {
         return Err(CopyError::DestinationNotDirectory(spec.dest.to_string()));
     }
     // Resolve the destination through the base image's symlinks so entries
@@ -72,22 +80,38 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Vec<Entry>, Co
             // The directory's contents go into dest.
             create_parents(&dest, base, &owner, spec, &mut out, true);
             if !dest.is_empty() && !base.is_dir(&dest) {
-                let mut entry = entry_from_metadata(host_path, dest.clone(), &meta).map_err(|e| io_err(host_path, e))?;
+                let mut entry = entry_from_metadata(host_path, dest.clone(), &meta)
+                    .map_err(|e| io_err(host_path, e))?;
                 finish_entry(&mut entry, &owner, spec.chmod);
                 out.insert(dest.clone(), entry);
             }
-            for mut entry in crate::layer::entries_of_tree(host_path, &dest).map_err(|e| io_err(host_path, e))? {
+            for mut entry in
+                crate::layer::entries_of_tree(host_path, &dest).map_err(|e| io_err(host_path, e))?
+            {
                 finish_entry(&mut entry, &owner, spec.chmod);
                 out.insert(entry.path.clone(), entry);
             }
         } else {
-            let name = host_path.file_name().and_then(|n| n.to_str()).ok_or_else(|| CopyError::NotFound(source.clone()))?;
-            let into_dir = dest_is_dir_hint || dest.is_empty() || base.is_dir(&dest) || out.get(&dest).is_some_and(|e| e.kind == EntryKind::Directory);
-            let target = if into_dir { join(&dest, name) } else { dest.clone() };
+            let name = host_path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| CopyError::NotFound(source.clone()))?;
+            let into_dir = dest_is_dir_hint
+                || dest.is_empty()
+                || base.is_dir(&dest)
+                || out
+                    .get(&dest)
+                    .is_some_and(|e| e.kind == EntryKind::Directory);
+            let target = if into_dir {
+                join(&dest, name)
+            } else {
+                dest.clone()
+            };
             create_parents(&target, base, &owner, spec, &mut out, false);
             // Sources are followed when they are symlinks: COPY copies
             // what the name points to (inside the context).
-            let mut entry = entry_from_metadata(host_path, target.clone(), &meta).map_err(|e| io_err(host_path, e))?;
+            let mut entry = entry_from_metadata(host_path, target.clone(), &meta)
+                .map_err(|e| io_err(host_path, e))?;
             finish_entry(&mut entry, &owner, spec.chmod);
             out.insert(target, entry);
         }
@@ -98,18 +122,29 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Vec<Entry>, Co
 fn finish_entry(entry: &mut Entry, owner: &Owner, chmod: Option<u32>) {
     entry.uid = u64::from(owner.uid);
     entry.gid = u64::from(owner.gid);
-    if let Some(mode) = chmod {
-        if !matches!(entry.kind, EntryKind::Symlink { .. }) {
-            entry.mode = mode;
-        }
+    if let Some(mode) = chmod
+        && !matches!(entry.kind, EntryKind::Symlink { .. })
+    {
+        entry.mode = mode;
     }
 }
 
 /// Adds entries for the missing ancestors of `path` (and `path` itself when
 /// `inclusive`), owned like the copied files, as docker creates them.
-fn create_parents(path: &str, base: &BaseFs, owner: &Owner, spec: &CopySpec<'_>, out: &mut BTreeMap<String, Entry>, inclusive: bool) {
+fn create_parents(
+    path: &str,
+    base: &BaseFs,
+    owner: &Owner,
+    spec: &CopySpec<'_>,
+    out: &mut BTreeMap<String, Entry>,
+    inclusive: bool,
+) {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    let upto = if inclusive { parts.len() } else { parts.len().saturating_sub(1) };
+    let upto = if inclusive {
+        parts.len()
+    } else {
+        parts.len().saturating_sub(1)
+    };
     for i in 1..=upto {
         let dir = parts[..i].join("/");
         if base.is_dir(&dir) || out.contains_key(&dir) {
@@ -121,17 +156,31 @@ fn create_parents(path: &str, base: &BaseFs, owner: &Owner, spec: &CopySpec<'_>,
         }
         out.insert(
             dir.clone(),
-            Entry { path: dir, kind: EntryKind::Directory, mode: 0o755, uid: u64::from(owner.uid), gid: u64::from(owner.gid), mtime: spec.created_dir_mtime },
+            Entry {
+                path: dir,
+                kind: EntryKind::Directory,
+                mode: 0o755,
+                uid: u64::from(owner.uid),
+                gid: u64::from(owner.gid),
+                mtime: spec.created_dir_mtime,
+            },
         );
     }
 }
 
 fn io_err(path: &Path, source: io::Error) -> CopyError {
-    CopyError::Io { path: path.to_path_buf(), source }
+    CopyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") }
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 /// A path cleaned of `.`, `..` (clamped at the root) and repeated slashes,
@@ -163,11 +212,17 @@ fn find_sources(context_root: &Path, source: &str) -> Result<Vec<PathBuf>, CopyE
         let mut next = Vec::new();
         for dir in &candidates {
             if has_meta(component) {
-                let Ok(read) = fs::read_dir(dir) else { continue };
-                let mut names: Vec<String> = read.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+                let Ok(read) = fs::read_dir(dir) else {
+                    continue;
+                };
+                let mut names: Vec<String> = read
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect();
                 names.sort();
                 for name in names {
-                    if glob_match(component, &name).map_err(|why| CopyError::BadPattern(source.to_string(), why))? {
+                    if glob_match(component, &name)
+                        .map_err(|why| CopyError::BadPattern(source.to_string(), why))?
+                    {
                         next.push(dir.join(name));
                     }
                 }
@@ -188,7 +243,11 @@ fn find_sources(context_root: &Path, source: &str) -> Result<Vec<PathBuf>, CopyE
         }
     }
     if found.is_empty() {
-        return Err(if has_meta(source) { CopyError::NoMatch(source.to_string()) } else { CopyError::NotFound(source.to_string()) });
+        return Err(if has_meta(source) {
+            CopyError::NoMatch(source.to_string())
+        } else {
+            CopyError::NotFound(source.to_string())
+        });
     }
     Ok(found)
 }
@@ -227,7 +286,9 @@ fn match_from(p: &[char], n: &[char]) -> Result<bool, &'static str> {
                     }
                 }
                 '\\' => {
-                    let Some(&c) = p.get(pi + 1) else { return Err("trailing backslash") };
+                    let Some(&c) = p.get(pi + 1) else {
+                        return Err("trailing backslash");
+                    };
                     if ni < n.len() && n[ni] == c {
                         pi += 2;
                         ni += 1;
@@ -291,7 +352,9 @@ fn match_class(p: &[char], c: char) -> Result<(bool, usize), &'static str> {
     let mut matched = false;
     let mut first = true;
     loop {
-        let Some(&ch) = p.get(i) else { return Err("unterminated character class") };
+        let Some(&ch) = p.get(i) else {
+            return Err("unterminated character class");
+        };
         if ch == ']' && !first {
             i += 1;
             break;
@@ -364,22 +427,53 @@ mod tests {
         fs::write(ctx.path().join("d/sub/x"), "x").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", ctx.path().join("escape")).unwrap();
         let base = BaseFs::empty();
-        let spec = |sources: &'static [String], dest: &'static str| CopySpec { context: ctx.path(), sources, dest, owner: None, chmod: None, created_dir_mtime: 0 };
+        let spec = |sources: &'static [String], dest: &'static str| CopySpec {
+            context: ctx.path(),
+            sources,
+            dest,
+            owner: None,
+            chmod: None,
+            created_dir_mtime: 0,
+        };
         let paths = |e: Vec<Entry>| e.into_iter().map(|e| e.path).collect::<Vec<_>>();
 
         let one = vec!["a.txt".to_string()].leak();
-        assert_eq!(paths(copy_entries(&spec(one, "/app/"), &base).unwrap()), ["app", "app/a.txt"]);
-        assert_eq!(paths(copy_entries(&spec(one, "/app/renamed"), &base).unwrap()), ["app", "app/renamed"]);
+        assert_eq!(
+            paths(copy_entries(&spec(one, "/app/"), &base).unwrap()),
+            ["app", "app/a.txt"]
+        );
+        assert_eq!(
+            paths(copy_entries(&spec(one, "/app/renamed"), &base).unwrap()),
+            ["app", "app/renamed"]
+        );
         let dir = vec!["d".to_string()].leak();
-        assert_eq!(paths(copy_entries(&spec(dir, "/data"), &base).unwrap()), ["data", "data/sub", "data/sub/x"]);
+        assert_eq!(
+            paths(copy_entries(&spec(dir, "/data"), &base).unwrap()),
+            ["data", "data/sub", "data/sub/x"]
+        );
         let glob = vec!["*.txt".to_string()].leak();
-        assert_eq!(paths(copy_entries(&spec(glob, "/g/"), &base).unwrap()), ["g", "g/a.txt", "g/b.txt"]);
-        assert!(matches!(copy_entries(&spec(glob, "/g"), &base), Err(CopyError::DestinationNotDirectory(_))));
+        assert_eq!(
+            paths(copy_entries(&spec(glob, "/g/"), &base).unwrap()),
+            ["g", "g/a.txt", "g/b.txt"]
+        );
+        assert!(matches!(
+            copy_entries(&spec(glob, "/g"), &base),
+            Err(CopyError::DestinationNotDirectory(_))
+        ));
         let missing = vec!["nope".to_string()].leak();
-        assert!(matches!(copy_entries(&spec(missing, "/"), &base), Err(CopyError::NotFound(_))));
+        assert!(matches!(
+            copy_entries(&spec(missing, "/"), &base),
+            Err(CopyError::NotFound(_))
+        ));
         let escape = vec!["escape".to_string()].leak();
-        assert!(matches!(copy_entries(&spec(escape, "/"), &base), Err(CopyError::NotFound(_))));
+        assert!(matches!(
+            copy_entries(&spec(escape, "/"), &base),
+            Err(CopyError::NotFound(_))
+        ));
         let up = vec!["../../a.txt".to_string()].leak();
-        assert_eq!(paths(copy_entries(&spec(up, "/"), &base).unwrap()), ["a.txt"]);
+        assert_eq!(
+            paths(copy_entries(&spec(up, "/"), &base).unwrap()),
+            ["a.txt"]
+        );
     }
 }

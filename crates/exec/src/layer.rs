@@ -18,12 +18,19 @@ use rbuild_oci::{Digest, Hasher};
 pub enum EntryKind {
     Directory,
     /// A regular file whose content is read from this host path.
-    File { source: std::path::PathBuf, size: u64 },
+    File {
+        source: std::path::PathBuf,
+        size: u64,
+    },
     /// A regular file with inline content (heredocs, generated files).
     Bytes(Vec<u8>),
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
     /// A hard link to an earlier entry of the same layer.
-    Hardlink { target: String },
+    Hardlink {
+        target: String,
+    },
 }
 
 /// One entry of a layer: a path relative to the root, without a leading or
@@ -64,7 +71,12 @@ impl<W: Write> Write for HashingWriter<W> {
 
 impl<W: Write> LayerWriter<W> {
     pub fn new(out: W) -> LayerWriter<W> {
-        LayerWriter { builder: tar::Builder::new(HashingWriter { inner: out, hasher: Hasher::new() }) }
+        LayerWriter {
+            builder: tar::Builder::new(HashingWriter {
+                inner: out,
+                hasher: Hasher::new(),
+            }),
+        }
     }
 
     /// Appends one entry.
@@ -88,12 +100,12 @@ impl<W: Write> LayerWriter<W> {
             EntryKind::Symlink { target } | EntryKind::Hardlink { target } => Some(target.as_str()),
             _ => None,
         };
-        if let Some(target) = link {
-            if header.set_link_name(target).is_err() || !target.is_ascii() {
-                pax.push(("linkpath", target.as_bytes()));
-                // The ustar field is ignored when a PAX record is present.
-                let _ = header.set_link_name("");
-            }
+        if let Some(target) = link
+            && (header.set_link_name(target).is_err() || !target.is_ascii())
+        {
+            pax.push(("linkpath", target.as_bytes()));
+            // The ustar field is ignored when a PAX record is present.
+            let _ = header.set_link_name("");
         }
         if !pax.is_empty() {
             self.builder.append_pax_extensions(pax)?;
@@ -127,7 +139,11 @@ impl<W: Write> LayerWriter<W> {
                 let file = File::open(source)?;
                 // A file that changed size since it was listed would make
                 // a corrupt tar; refuse instead.
-                let reader = ExactSize { inner: file, remaining: *size, path: source };
+                let reader = ExactSize {
+                    inner: file,
+                    remaining: *size,
+                    path: source,
+                };
                 self.builder.append(&header, reader)
             }
         }
@@ -151,7 +167,10 @@ fn set_truncated_name(header: &mut tar::Header, name: &str) {
     while !name.is_char_boundary(start) {
         start += 1;
     }
-    let tail: String = name[start..].chars().map(|c| if c.is_ascii() { c } else { '_' }).collect();
+    let tail: String = name[start..]
+        .chars()
+        .map(|c| if c.is_ascii() { c } else { '_' })
+        .collect();
     if let Some(ustar) = header.as_ustar_mut() {
         ustar.name = [0; 100];
         ustar.prefix = [0; 155];
@@ -170,7 +189,9 @@ impl<R: Read> Read for ExactSize<'_, R> {
         if self.remaining == 0 {
             return Ok(0);
         }
-        let max = buf.len().min(self.remaining.min(usize::MAX as u64) as usize);
+        let max = buf
+            .len()
+            .min(self.remaining.min(usize::MAX as u64) as usize);
         let n = self.inner.read(&mut buf[..max])?;
         if n == 0 {
             return Err(io::Error::new(
@@ -193,7 +214,9 @@ pub fn entries_of_tree(dir: &Path, prefix: &str) -> io::Result<Vec<Entry>> {
 }
 
 fn walk(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> io::Result<()> {
-    let mut names: Vec<_> = fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name())).collect::<io::Result<_>>()?;
+    let mut names: Vec<_> = fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()?;
     names.sort();
     for name in names {
         let Some(name_str) = name.to_str() else {
@@ -203,7 +226,11 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> io::Result<()> {
             ));
         };
         let path = dir.join(&name);
-        let rel = if prefix.is_empty() { name_str.to_string() } else { format!("{prefix}/{name_str}") };
+        let rel = if prefix.is_empty() {
+            name_str.to_string()
+        } else {
+            format!("{prefix}/{name_str}")
+        };
         let meta = fs::symlink_metadata(&path)?;
         out.push(entry_from_metadata(&path, rel.clone(), &meta)?);
         if meta.is_dir() {
@@ -220,15 +247,26 @@ pub fn entry_from_metadata(path: &Path, rel: String, meta: &fs::Metadata) -> io:
     } else if meta.file_type().is_symlink() {
         let target = fs::read_link(path)?;
         let target = target.to_str().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{}: link target is not UTF-8", path.display()))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: link target is not UTF-8", path.display()),
+            )
         })?;
-        EntryKind::Symlink { target: target.to_string() }
+        EntryKind::Symlink {
+            target: target.to_string(),
+        }
     } else if meta.is_file() {
-        EntryKind::File { source: path.to_path_buf(), size: meta.len() }
+        EntryKind::File {
+            source: path.to_path_buf(),
+            size: meta.len(),
+        }
     } else {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("{}: sockets, fifos and devices cannot be copied", path.display()),
+            format!(
+                "{}: sockets, fifos and devices cannot be copied",
+                path.display()
+            ),
         ));
     };
     Ok(Entry {
@@ -246,17 +284,37 @@ mod tests {
     use super::*;
 
     fn entry(path: &str, kind: EntryKind) -> Entry {
-        Entry { path: path.into(), kind, mode: 0o644, uid: 0, gid: 0, mtime: 1 }
+        Entry {
+            path: path.into(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+        }
     }
 
     #[test]
     fn deterministic_with_long_and_unicode_names() {
         let long = format!("d/{}", "x".repeat(200));
         let entries = vec![
-            Entry { mode: 0o755, ..entry("d", EntryKind::Directory) },
+            Entry {
+                mode: 0o755,
+                ..entry("d", EntryKind::Directory)
+            },
             entry(&long, EntryKind::Bytes(b"hi".to_vec())),
-            entry("d/ünï", EntryKind::Symlink { target: format!("/{}/t", "y".repeat(150)) }),
-            entry("d/h", EntryKind::Hardlink { target: long.clone() }),
+            entry(
+                "d/ünï",
+                EntryKind::Symlink {
+                    target: format!("/{}/t", "y".repeat(150)),
+                },
+            ),
+            entry(
+                "d/h",
+                EntryKind::Hardlink {
+                    target: long.clone(),
+                },
+            ),
         ];
         let write = || {
             let mut w = LayerWriter::new(Vec::new());
@@ -277,13 +335,19 @@ mod tests {
             .unwrap()
             .map(|e| {
                 let e = e.unwrap();
-                let link = e.link_name().unwrap().map(|l| l.to_string_lossy().into_owned());
+                let link = e
+                    .link_name()
+                    .unwrap()
+                    .map(|l| l.to_string_lossy().into_owned());
                 (e.path().unwrap().to_string_lossy().into_owned(), link)
             })
             .collect();
         assert_eq!(names[0].0, "d/");
         assert_eq!(names[1].0, long);
-        assert_eq!(names[2], ("d/ünï".to_string(), Some(format!("/{}/t", "y".repeat(150)))));
+        assert_eq!(
+            names[2],
+            ("d/ünï".to_string(), Some(format!("/{}/t", "y".repeat(150))))
+        );
         assert_eq!(names[3], ("d/h".to_string(), Some(long)));
     }
 }

@@ -25,8 +25,14 @@ pub enum Target {
 
 /// Receives the files of an export, in order.
 pub(crate) enum Sink {
-    Dir { root: PathBuf },
-    Tar { builder: tar::Builder<Box<dyn Write>>, file: Option<(tempfile_like::Temp, PathBuf)>, dirs: HashSet<String> },
+    Dir {
+        root: PathBuf,
+    },
+    Tar {
+        builder: tar::Builder<Box<dyn Write>>,
+        file: Option<(tempfile_like::Temp, PathBuf)>,
+        dirs: HashSet<String>,
+    },
 }
 
 /// A minimal temp-file-then-rename helper, so this crate needs no extra
@@ -47,16 +53,25 @@ pub(crate) mod tempfile_like {
                 Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                 _ => PathBuf::from("."),
             };
-            let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = dest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             for attempt in 0..100u32 {
-                let path = dir.join(format!(".{name}.rbuild-{}-{attempt}.tmp", std::process::id()));
+                let path = dir.join(format!(
+                    ".{name}.rbuild-{}-{attempt}.tmp",
+                    std::process::id()
+                ));
                 match OpenOptions::new().write(true).create_new(true).open(&path) {
                     Ok(file) => return Ok((Temp { path, done: false }, file)),
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                     Err(e) => return Err(e),
                 }
             }
-            Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary file name"))
+            Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "no free temporary file name",
+            ))
         }
 
         pub fn persist(mut self, dest: &Path) -> io::Result<()> {
@@ -79,18 +94,27 @@ impl Sink {
     pub(crate) fn open(target: &Target) -> Result<Sink, ExportError> {
         match target {
             Target::Directory(root) => {
-                fs::create_dir_all(root).map_err(ExportError::io(format!("creating {}", root.display())))?;
+                fs::create_dir_all(root)
+                    .map_err(ExportError::io(format!("creating {}", root.display())))?;
                 Ok(Sink::Dir { root: root.clone() })
             }
             Target::Tar(path) => {
                 let (temp, file) = tempfile_like::Temp::create_beside(path)
                     .map_err(ExportError::io(format!("creating {}", path.display())))?;
                 let out: Box<dyn Write> = Box::new(BufWriter::with_capacity(1 << 20, file));
-                Ok(Sink::Tar { builder: tar::Builder::new(out), file: Some((temp, path.clone())), dirs: HashSet::new() })
+                Ok(Sink::Tar {
+                    builder: tar::Builder::new(out),
+                    file: Some((temp, path.clone())),
+                    dirs: HashSet::new(),
+                })
             }
             Target::Stdout => {
                 let out: Box<dyn Write> = Box::new(BufWriter::with_capacity(1 << 20, io::stdout()));
-                Ok(Sink::Tar { builder: tar::Builder::new(out), file: None, dirs: HashSet::new() })
+                Ok(Sink::Tar {
+                    builder: tar::Builder::new(out),
+                    file: None,
+                    dirs: HashSet::new(),
+                })
             }
         }
     }
@@ -101,9 +125,11 @@ impl Sink {
             Sink::Dir { root } => {
                 let path = root.join(name);
                 if let Some(parent) = path.parent() {
-                    fs::create_dir_all(parent).map_err(ExportError::io(format!("creating {}", parent.display())))?;
+                    fs::create_dir_all(parent)
+                        .map_err(ExportError::io(format!("creating {}", parent.display())))?;
                 }
-                fs::write(&path, bytes).map_err(ExportError::io(format!("writing {}", path.display())))
+                fs::write(&path, bytes)
+                    .map_err(ExportError::io(format!("writing {}", path.display())))
             }
             Sink::Tar { builder, dirs, .. } => {
                 add_parent_dirs(builder, dirs, name)?;
@@ -116,7 +142,11 @@ impl Sink {
     }
 
     /// Adds a blob from the store as `blobs/sha256/<hex>`.
-    pub(crate) fn blob(&mut self, store: &dyn BlobStore, digest: &Digest) -> Result<(), ExportError> {
+    pub(crate) fn blob(
+        &mut self,
+        store: &dyn BlobStore,
+        digest: &Digest,
+    ) -> Result<(), ExportError> {
         let name = format!("blobs/sha256/{}", digest.hex());
         match self {
             Sink::Dir { root } => {
@@ -125,20 +155,25 @@ impl Sink {
                     return Ok(());
                 }
                 if let Some(parent) = path.parent() {
-                    fs::create_dir_all(parent).map_err(ExportError::io(format!("creating {}", parent.display())))?;
+                    fs::create_dir_all(parent)
+                        .map_err(ExportError::io(format!("creating {}", parent.display())))?;
                 }
                 let mut src = store.open(digest).map_err(ExportError::blob(digest))?;
                 let (temp, mut file) = tempfile_like::Temp::create_beside(&path)
                     .map_err(ExportError::io(format!("creating {}", path.display())))?;
-                io::copy(&mut src, &mut file).map_err(ExportError::io(format!("writing {}", path.display())))?;
-                temp.persist(&path).map_err(ExportError::io(format!("writing {}", path.display())))
+                io::copy(&mut src, &mut file)
+                    .map_err(ExportError::io(format!("writing {}", path.display())))?;
+                temp.persist(&path)
+                    .map_err(ExportError::io(format!("writing {}", path.display())))
             }
             Sink::Tar { builder, dirs, .. } => {
                 add_parent_dirs(builder, dirs, &name)?;
                 let src = store.open(digest).map_err(ExportError::blob(digest))?;
                 let size = src.metadata().map_err(ExportError::blob(digest))?.len();
                 let mut header = file_header(size);
-                builder.append_data(&mut header, &name, src).map_err(ExportError::blob(digest))
+                builder
+                    .append_data(&mut header, &name, src)
+                    .map_err(ExportError::blob(digest))
             }
         }
     }
@@ -148,11 +183,15 @@ impl Sink {
         match self {
             Sink::Dir { .. } => Ok(()),
             Sink::Tar { builder, file, .. } => {
-                let mut out = builder.into_inner().map_err(ExportError::io("finishing the archive"))?;
-                out.flush().map_err(ExportError::io("finishing the archive"))?;
+                let mut out = builder
+                    .into_inner()
+                    .map_err(ExportError::io("finishing the archive"))?;
+                out.flush()
+                    .map_err(ExportError::io("finishing the archive"))?;
                 drop(out);
                 if let Some((temp, dest)) = file {
-                    temp.persist(&dest).map_err(ExportError::io(format!("writing {}", dest.display())))?;
+                    temp.persist(&dest)
+                        .map_err(ExportError::io(format!("writing {}", dest.display())))?;
                 }
                 Ok(())
             }

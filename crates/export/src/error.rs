@@ -10,11 +10,17 @@ pub enum ExportError {
     #[error("blob {digest}: {source}")]
     Blob { digest: Digest, source: io::Error },
     #[error("{what} is not valid JSON: {source}")]
-    Json { what: String, source: serde_json::Error },
+    Json {
+        what: String,
+        source: serde_json::Error,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("{path}: {source}")]
-    Apply { path: PathBuf, source: rbuild_exec::apply::ApplyError },
+    Apply {
+        path: PathBuf,
+        source: rbuild_exec::apply::ApplyError,
+    },
 }
 
 impl ExportError {
@@ -24,6 +30,9 @@ impl ExportError {
     }
 
     pub(crate) fn blob(digest: &rbuild_oci::Digest) -> impl FnOnce(io::Error) -> ExportError + '_ {
-        move |source| ExportError::Blob { digest: *digest, source }
+        move |source| ExportError::Blob {
+            digest: *digest,
+            source,
+        }
     }
 }

@@ -21,13 +21,23 @@ pub fn load_image(
     names: Vec<Reference>,
 ) -> Result<ImageRef, ExportError> {
     let digest = manifest_descriptor.digest;
-    let bytes = store.read_all(&digest).map_err(ExportError::blob(&digest))?;
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|source| ExportError::Json { what: format!("manifest {digest}"), source })?;
+    let bytes = store
+        .read_all(&digest)
+        .map_err(ExportError::blob(&digest))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|source| ExportError::Json {
+            what: format!("manifest {digest}"),
+            source,
+        })?;
     let config_digest = manifest.config.digest;
-    let bytes = store.read_all(&config_digest).map_err(ExportError::blob(&config_digest))?;
-    let config: ImageConfig = serde_json::from_slice(&bytes)
-        .map_err(|source| ExportError::Json { what: format!("image config {config_digest}"), source })?;
+    let bytes = store
+        .read_all(&config_digest)
+        .map_err(ExportError::blob(&config_digest))?;
+    let config: ImageConfig =
+        serde_json::from_slice(&bytes).map_err(|source| ExportError::Json {
+            what: format!("image config {config_digest}"),
+            source,
+        })?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(ExportError::Invalid(format!(
             "image {digest}: {} layers but {} diff_ids in its config",
@@ -35,5 +45,10 @@ pub fn load_image(
             config.rootfs.diff_ids.len()
         )));
     }
-    Ok(ImageRef { names, manifest_descriptor, manifest, config })
+    Ok(ImageRef {
+        names,
+        manifest_descriptor,
+        manifest,
+        config,
+    })
 }

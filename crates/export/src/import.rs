@@ -14,12 +14,13 @@ use std::io::{self, Read};
 use std::path::{Component, Path};
 
 use rbuild_oci::{
-    BlobStore, Descriptor, Digest, ImageConfig, Index, Manifest, Platform, Reference, annotation, media_type,
+    BlobStore, Descriptor, Digest, ImageConfig, Index, Manifest, Platform, Reference, annotation,
+    media_type,
 };
 use serde::Deserialize;
 
-use crate::archive::{is_dir, open_file};
 use crate::ExportError;
+use crate::archive::{is_dir, open_file};
 
 /// Metadata files larger than this are not kept in memory.
 const MAX_METADATA: u64 = 16 << 20;
@@ -51,7 +52,9 @@ impl Files {
             return Ok(Some(bytes.clone()));
         }
         match self.blobs.get(path) {
-            Some((digest, _)) => Ok(Some(store.read_all(digest).map_err(ExportError::blob(digest))?)),
+            Some((digest, _)) => Ok(Some(
+                store.read_all(digest).map_err(ExportError::blob(digest))?,
+            )),
             None => Ok(None),
         }
     }
@@ -62,28 +65,43 @@ impl Files {
             return Ok(*found);
         }
         let bytes = self.metadata.get(path).ok_or_else(|| missing(path))?;
-        let digest = store.write_bytes(bytes).map_err(ExportError::io(format!("storing {path}")))?;
+        let digest = store
+            .write_bytes(bytes)
+            .map_err(ExportError::io(format!("storing {path}")))?;
         Ok((digest, bytes.len() as u64))
     }
 }
 
 fn missing(path: &str) -> ExportError {
-    ExportError::Invalid(format!("the archive names {path:?} but does not contain it"))
+    ExportError::Invalid(format!(
+        "the archive names {path:?} but does not contain it"
+    ))
 }
 
 /// Imports every image in `source` (a directory or a tarball).
 pub fn import(store: &dyn BlobStore, source: &Path) -> Result<Vec<Imported>, ExportError> {
-    let files = if is_dir(source) { read_dir(store, source)? } else { read_tar(store, open_file(source)?)? };
+    let files = if is_dir(source) {
+        read_dir(store, source)?
+    } else {
+        read_tar(store, open_file(source)?)?
+    };
     resolve(store, files, &source.display().to_string())
 }
 
 /// Imports every image in a tarball read from `input` (standard input).
-pub fn import_reader(store: &dyn BlobStore, input: impl Read) -> Result<Vec<Imported>, ExportError> {
+pub fn import_reader(
+    store: &dyn BlobStore,
+    input: impl Read,
+) -> Result<Vec<Imported>, ExportError> {
     let files = read_tar(store, input)?;
     resolve(store, files, "standard input")
 }
 
-fn resolve(store: &dyn BlobStore, files: Files, source: &str) -> Result<Vec<Imported>, ExportError> {
+fn resolve(
+    store: &dyn BlobStore,
+    files: Files,
+    source: &str,
+) -> Result<Vec<Imported>, ExportError> {
     if files.metadata.contains_key("index.json") {
         import_oci(store, &files)
     } else if files.metadata.contains_key("manifest.json") {
@@ -99,24 +117,31 @@ fn is_metadata(path: &str, size: u64) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
     size <= MAX_METADATA
         && !path.starts_with("blobs/")
-        && (name.ends_with(".json") || matches!(name, "repositories" | "oci-layout" | "json" | "VERSION"))
+        && (name.ends_with(".json")
+            || matches!(name, "repositories" | "oci-layout" | "json" | "VERSION"))
 }
 
 fn read_tar(store: &dyn BlobStore, input: impl Read) -> Result<Files, ExportError> {
     let mut files = Files::default();
     let mut archive = tar::Archive::new(input);
-    let entries = archive.entries().map_err(ExportError::io("reading the archive"))?;
+    let entries = archive
+        .entries()
+        .map_err(ExportError::io("reading the archive"))?;
     for entry in entries {
         let mut entry = entry.map_err(ExportError::io("reading the archive"))?;
         if entry.header().entry_type() != tar::EntryType::Regular {
             continue;
         }
-        let path = entry.path().map_err(ExportError::io("reading the archive"))?;
+        let path = entry
+            .path()
+            .map_err(ExportError::io("reading the archive"))?;
         let Some(path) = clean(&path) else { continue };
         let size = entry.size();
         if is_metadata(&path, size) {
             let mut bytes = Vec::with_capacity(size as usize);
-            entry.read_to_end(&mut bytes).map_err(ExportError::io(format!("reading {path}")))?;
+            entry
+                .read_to_end(&mut bytes)
+                .map_err(ExportError::io(format!("reading {path}")))?;
             files.metadata.insert(path, bytes);
         } else {
             let stored = store_blob(store, &path, &mut entry)?;
@@ -130,10 +155,13 @@ fn read_dir(store: &dyn BlobStore, root: &Path) -> Result<Files, ExportError> {
     let mut files = Files::default();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let entries = fs::read_dir(&dir).map_err(ExportError::io(format!("reading {}", dir.display())))?;
+        let entries =
+            fs::read_dir(&dir).map_err(ExportError::io(format!("reading {}", dir.display())))?;
         for entry in entries {
             let entry = entry.map_err(ExportError::io(format!("reading {}", dir.display())))?;
-            let file_type = entry.file_type().map_err(ExportError::io(format!("reading {}", dir.display())))?;
+            let file_type = entry
+                .file_type()
+                .map_err(ExportError::io(format!("reading {}", dir.display())))?;
             let full = entry.path();
             if file_type.is_dir() {
                 stack.push(full);
@@ -142,12 +170,18 @@ fn read_dir(store: &dyn BlobStore, root: &Path) -> Result<Files, ExportError> {
             if !file_type.is_file() {
                 continue;
             }
-            let Some(path) = full.strip_prefix(root).ok().and_then(clean) else { continue };
+            let Some(path) = full.strip_prefix(root).ok().and_then(clean) else {
+                continue;
+            };
             let size = entry.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
             if is_metadata(&path, size) {
-                let bytes = fs::read(&full).map_err(ExportError::io(format!("reading {}", full.display())))?;
+                let bytes = fs::read(&full)
+                    .map_err(ExportError::io(format!("reading {}", full.display())))?;
                 files.metadata.insert(path, bytes);
-            } else if path.starts_with("blobs/") || path.ends_with(".tar") || path.ends_with("layer.tar") {
+            } else if path.starts_with("blobs/")
+                || path.ends_with(".tar")
+                || path.ends_with("layer.tar")
+            {
                 let mut file = open_file(&full)?;
                 let stored = store_blob(store, &path, &mut file)?;
                 files.blobs.insert(path, stored);
@@ -158,13 +192,22 @@ fn read_dir(store: &dyn BlobStore, root: &Path) -> Result<Files, ExportError> {
 }
 
 /// Stores one file; under `blobs/<alg>/<hex>` its name must match its content.
-fn store_blob(store: &dyn BlobStore, path: &str, reader: &mut dyn Read) -> Result<(Digest, u64), ExportError> {
-    let expected = path.strip_prefix("blobs/sha256/").and_then(|hex| Digest::from_hex(hex).ok());
+fn store_blob(
+    store: &dyn BlobStore,
+    path: &str,
+    reader: &mut dyn Read,
+) -> Result<(Digest, u64), ExportError> {
+    let expected = path
+        .strip_prefix("blobs/sha256/")
+        .and_then(|hex| Digest::from_hex(hex).ok());
     store.write(reader, expected.as_ref()).map_err(|e| {
         if e.kind() == io::ErrorKind::InvalidData {
             ExportError::Invalid(format!("{path}: {e}"))
         } else {
-            ExportError::Io { context: format!("storing {path}"), source: e }
+            ExportError::Io {
+                context: format!("storing {path}"),
+                source: e,
+            }
         }
     })
 }
@@ -184,7 +227,10 @@ fn clean(path: &Path) -> Option<String> {
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, ExportError> {
-    serde_json::from_slice(bytes).map_err(|source| ExportError::Json { what: what.to_string(), source })
+    serde_json::from_slice(bytes).map_err(|source| ExportError::Json {
+        what: what.to_string(),
+        source,
+    })
 }
 
 fn import_oci(store: &dyn BlobStore, files: &Files) -> Result<Vec<Imported>, ExportError> {
@@ -196,7 +242,13 @@ fn import_oci(store: &dyn BlobStore, files: &Files) -> Result<Vec<Imported>, Exp
         let ref_name = descriptor.annotations.get(annotation::REF_NAME).cloned();
         let manifest = resolve_platform(store, descriptor, &host, 0)?;
         let (config, config_digest) = check_manifest(store, &manifest)?;
-        imported.push(Imported { name, ref_name, manifest, config, config_digest });
+        imported.push(Imported {
+            name,
+            ref_name,
+            manifest,
+            config,
+            config_digest,
+        });
     }
     if imported.is_empty() {
         return Err(ExportError::Invalid("index.json lists no images".into()));
@@ -207,13 +259,19 @@ fn import_oci(store: &dyn BlobStore, files: &Files) -> Result<Vec<Imported>, Exp
 /// The image name an OCI layout records for a manifest: containerd's full
 /// name, or `ref.name` when that is a full reference rather than a bare tag.
 fn descriptor_name(descriptor: &Descriptor) -> Option<Reference> {
-    if let Some(name) = descriptor.annotations.get(annotation::CONTAINERD_IMAGE_NAME) {
-        if let Ok(r) = Reference::parse(name) {
-            return Some(r);
-        }
+    if let Some(name) = descriptor
+        .annotations
+        .get(annotation::CONTAINERD_IMAGE_NAME)
+        && let Ok(r) = Reference::parse(name)
+    {
+        return Some(r);
     }
     let ref_name = descriptor.annotations.get(annotation::REF_NAME)?;
-    if ref_name.contains(['/', ':', '@']) { Reference::parse(ref_name).ok() } else { None }
+    if ref_name.contains(['/', ':', '@']) {
+        Reference::parse(ref_name).ok()
+    } else {
+        None
+    }
 }
 
 /// Follows indexes down to the manifest for `platform`.
@@ -232,25 +290,37 @@ fn resolve_platform(
             descriptor.digest, descriptor.media_type
         )));
     }
-    let bytes = store.read_all(&descriptor.digest).map_err(ExportError::blob(&descriptor.digest))?;
+    let bytes = store
+        .read_all(&descriptor.digest)
+        .map_err(ExportError::blob(&descriptor.digest))?;
     let index: Index = parse_json(&format!("index {}", descriptor.digest), &bytes)?;
     let chosen = index
         .manifests
         .iter()
         .find(|m| m.platform.as_ref().is_some_and(|p| p.matches(platform)))
         .ok_or_else(|| {
-            ExportError::Invalid(format!("{}: no image for platform {platform}", descriptor.digest))
+            ExportError::Invalid(format!(
+                "{}: no image for platform {platform}",
+                descriptor.digest
+            ))
         })?;
     resolve_platform(store, chosen, platform, depth + 1)
 }
 
 /// Checks that a manifest and its blobs are all present and consistent.
-fn check_manifest(store: &dyn BlobStore, descriptor: &Descriptor) -> Result<(ImageConfig, Digest), ExportError> {
+fn check_manifest(
+    store: &dyn BlobStore,
+    descriptor: &Descriptor,
+) -> Result<(ImageConfig, Digest), ExportError> {
     let digest = descriptor.digest;
-    let bytes = store.read_all(&digest).map_err(ExportError::blob(&digest))?;
+    let bytes = store
+        .read_all(&digest)
+        .map_err(ExportError::blob(&digest))?;
     let manifest: Manifest = parse_json(&format!("manifest {digest}"), &bytes)?;
     let config_digest = manifest.config.digest;
-    let bytes = store.read_all(&config_digest).map_err(ExportError::blob(&config_digest))?;
+    let bytes = store
+        .read_all(&config_digest)
+        .map_err(ExportError::blob(&config_digest))?;
     let config: ImageConfig = parse_json(&format!("image config {config_digest}"), &bytes)?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(ExportError::Invalid(format!(
@@ -261,7 +331,10 @@ fn check_manifest(store: &dyn BlobStore, descriptor: &Descriptor) -> Result<(Ima
     }
     for layer in &manifest.layers {
         if !store.contains(&layer.digest) {
-            return Err(ExportError::Invalid(format!("manifest {digest}: layer {} is missing", layer.digest)));
+            return Err(ExportError::Invalid(format!(
+                "manifest {digest}: layer {} is missing",
+                layer.digest
+            )));
         }
     }
     Ok((config, config_digest))
@@ -277,10 +350,13 @@ struct DockerManifestEntry {
 }
 
 fn import_docker(store: &dyn BlobStore, files: &Files) -> Result<Vec<Imported>, ExportError> {
-    let entries: Vec<DockerManifestEntry> = parse_json("manifest.json", &files.metadata["manifest.json"])?;
+    let entries: Vec<DockerManifestEntry> =
+        parse_json("manifest.json", &files.metadata["manifest.json"])?;
     let mut imported = Vec::new();
     for entry in entries {
-        let config_bytes = files.get_bytes(store, &entry.config)?.ok_or_else(|| missing(&entry.config))?;
+        let config_bytes = files
+            .get_bytes(store, &entry.config)?
+            .ok_or_else(|| missing(&entry.config))?;
         let config: ImageConfig = parse_json(&entry.config, &config_bytes)?;
         let (config_digest, config_size) = files.as_blob(store, &entry.config)?;
         if config.rootfs.diff_ids.len() != entry.layers.len() {
@@ -297,11 +373,22 @@ fn import_docker(store: &dyn BlobStore, files: &Files) -> Result<Vec<Imported>, 
             let media_type = verify_layer(store, path, &digest, diff_id)?;
             layers.push(Descriptor::new(media_type, digest, size));
         }
-        let manifest = Manifest::new(Descriptor::new(media_type::OCI_CONFIG, config_digest, config_size), layers);
-        let manifest_bytes = serde_json::to_vec(&manifest)
-            .map_err(|source| ExportError::Json { what: "manifest".into(), source })?;
-        let manifest_digest = store.write_bytes(&manifest_bytes).map_err(ExportError::io("storing the manifest"))?;
-        let descriptor = Descriptor::new(media_type::OCI_MANIFEST, manifest_digest, manifest_bytes.len() as u64);
+        let manifest = Manifest::new(
+            Descriptor::new(media_type::OCI_CONFIG, config_digest, config_size),
+            layers,
+        );
+        let manifest_bytes = serde_json::to_vec(&manifest).map_err(|source| ExportError::Json {
+            what: "manifest".into(),
+            source,
+        })?;
+        let manifest_digest = store
+            .write_bytes(&manifest_bytes)
+            .map_err(ExportError::io("storing the manifest"))?;
+        let descriptor = Descriptor::new(
+            media_type::OCI_MANIFEST,
+            manifest_digest,
+            manifest_bytes.len() as u64,
+        );
         let tags = entry.repo_tags.unwrap_or_default();
         if tags.is_empty() {
             imported.push(Imported {
@@ -313,8 +400,9 @@ fn import_docker(store: &dyn BlobStore, files: &Files) -> Result<Vec<Imported>, 
             });
         }
         for tag in tags {
-            let name = Reference::parse(&tag)
-                .map_err(|e| ExportError::Invalid(format!("manifest.json: RepoTags {tag:?}: {e}")))?;
+            let name = Reference::parse(&tag).map_err(|e| {
+                ExportError::Invalid(format!("manifest.json: RepoTags {tag:?}: {e}"))
+            })?;
             let ref_name = name.tag().map(str::to_string);
             imported.push(Imported {
                 name: Some(name),
@@ -330,26 +418,32 @@ fn import_docker(store: &dyn BlobStore, files: &Files) -> Result<Vec<Imported>, 
 
 /// Checks a docker-save layer against its diff ID and says how it is
 /// compressed.
-fn verify_layer(store: &dyn BlobStore, path: &str, digest: &Digest, diff_id: &Digest) -> Result<&'static str, ExportError> {
+fn verify_layer(
+    store: &dyn BlobStore,
+    path: &str,
+    digest: &Digest,
+    diff_id: &Digest,
+) -> Result<&'static str, ExportError> {
     let mut file = store.open(digest).map_err(ExportError::blob(digest))?;
     let mut magic = [0u8; 4];
     let n = read_up_to(&mut file, &mut magic).map_err(ExportError::blob(digest))?;
     let (media_type, uncompressed) = match &magic[..n] {
         [0x1f, 0x8b, ..] => {
             let file = store.open(digest).map_err(ExportError::blob(digest))?;
-            let diff = Digest::of_reader(flate2::read::GzDecoder::new(file)).map_err(ExportError::blob(digest))?;
+            let diff = Digest::of_reader(flate2::read::GzDecoder::new(file))
+                .map_err(ExportError::blob(digest))?;
             (media_type::OCI_LAYER_GZIP, Some(diff))
         }
         // zstd: no decoder here yet, so the diff ID is trusted.
         [0x28, 0xb5, 0x2f, 0xfd] => (media_type::OCI_LAYER_ZSTD, None),
         _ => (media_type::OCI_LAYER, Some(*digest)),
     };
-    if let Some(actual) = uncompressed {
-        if actual != *diff_id {
-            return Err(ExportError::Invalid(format!(
-                "{path}: layer content is {actual} but the image config says {diff_id}"
-            )));
-        }
+    if let Some(actual) = uncompressed
+        && actual != *diff_id
+    {
+        return Err(ExportError::Invalid(format!(
+            "{path}: layer content is {actual} but the image config says {diff_id}"
+        )));
     }
     Ok(media_type)
 }

@@ -15,7 +15,11 @@ use crate::{ExportError, ImageRef};
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
 /// Writes `images` as an OCI image layout (a directory or a tarball).
-pub fn write_oci_layout(store: &dyn BlobStore, images: &[ImageRef], target: &Target) -> Result<(), ExportError> {
+pub fn write_oci_layout(
+    store: &dyn BlobStore,
+    images: &[ImageRef],
+    target: &Target,
+) -> Result<(), ExportError> {
     let mut sink = Sink::open(target)?;
     sink.file("oci-layout", OCI_LAYOUT)?;
     write_blobs(store, images, &mut sink)?;
@@ -24,9 +28,15 @@ pub fn write_oci_layout(store: &dyn BlobStore, images: &[ImageRef], target: &Tar
 }
 
 /// Writes `images` as a `docker save` tarball that `docker load` accepts.
-pub fn write_docker_archive(store: &dyn BlobStore, images: &[ImageRef], target: &Target) -> Result<(), ExportError> {
+pub fn write_docker_archive(
+    store: &dyn BlobStore,
+    images: &[ImageRef],
+    target: &Target,
+) -> Result<(), ExportError> {
     if let Target::Directory(_) = target {
-        return Err(ExportError::Invalid("a docker archive is a tarball, not a directory".into()));
+        return Err(ExportError::Invalid(
+            "a docker archive is a tarball, not a directory".into(),
+        ));
     }
     let mut sink = Sink::open(target)?;
     sink.file("oci-layout", OCI_LAYOUT)?;
@@ -37,16 +47,18 @@ pub fn write_docker_archive(store: &dyn BlobStore, images: &[ImageRef], target: 
     sink.finish()
 }
 
-fn write_blobs(store: &dyn BlobStore, images: &[ImageRef], sink: &mut Sink) -> Result<(), ExportError> {
+fn write_blobs(
+    store: &dyn BlobStore,
+    images: &[ImageRef],
+    sink: &mut Sink,
+) -> Result<(), ExportError> {
     // Images often share layers: each blob is written once.
     let mut written: HashSet<Digest> = HashSet::new();
     for image in images {
-        let blobs = image
-            .manifest
-            .layers
-            .iter()
-            .map(|l| l.digest)
-            .chain([image.manifest.config.digest, image.manifest_descriptor.digest]);
+        let blobs = image.manifest.layers.iter().map(|l| l.digest).chain([
+            image.manifest.config.digest,
+            image.manifest_descriptor.digest,
+        ]);
         for digest in blobs {
             if written.insert(digest) {
                 sink.blob(store, &digest)?;
@@ -67,9 +79,11 @@ fn index_json(images: &[ImageRef]) -> Result<Vec<u8>, ExportError> {
         }
         for name in &image.names {
             let mut d = base.clone();
-            d.annotations.insert(annotation::CONTAINERD_IMAGE_NAME.into(), name.to_string());
+            d.annotations
+                .insert(annotation::CONTAINERD_IMAGE_NAME.into(), name.to_string());
             if let Some(tag) = name.tag() {
-                d.annotations.insert(annotation::REF_NAME.into(), tag.to_string());
+                d.annotations
+                    .insert(annotation::REF_NAME.into(), tag.to_string());
             }
             manifests.push(d);
         }
@@ -90,8 +104,18 @@ fn docker_manifest_json(images: &[ImageRef]) -> Result<Vec<u8>, ExportError> {
         .iter()
         .map(|image| DockerManifestEntry {
             config: blob_path(&image.manifest.config.digest),
-            repo_tags: image.names.iter().filter(|n| n.tag().is_some()).map(tagged_familiar).collect(),
-            layers: image.manifest.layers.iter().map(|l| blob_path(&l.digest)).collect(),
+            repo_tags: image
+                .names
+                .iter()
+                .filter(|n| n.tag().is_some())
+                .map(tagged_familiar)
+                .collect(),
+            layers: image
+                .manifest
+                .layers
+                .iter()
+                .map(|l| blob_path(&l.digest))
+                .collect(),
         })
         .collect();
     to_json("manifest.json", &entries)
@@ -101,10 +125,15 @@ fn docker_manifest_json(images: &[ImageRef]) -> Result<Vec<u8>, ExportError> {
 fn repositories_json(images: &[ImageRef]) -> Result<Vec<u8>, ExportError> {
     let mut repos: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for image in images {
-        let Some(top) = image.manifest.layers.last() else { continue };
+        let Some(top) = image.manifest.layers.last() else {
+            continue;
+        };
         for name in &image.names {
             if let Some(tag) = name.tag() {
-                repos.entry(name.familiar_repository()).or_default().insert(tag.to_string(), top.digest.hex());
+                repos
+                    .entry(name.familiar_repository())
+                    .or_default()
+                    .insert(tag.to_string(), top.digest.hex());
             }
         }
     }
@@ -113,7 +142,11 @@ fn repositories_json(images: &[ImageRef]) -> Result<Vec<u8>, ExportError> {
 
 /// `docker load` wants `name:tag` without a digest.
 fn tagged_familiar(name: &Reference) -> String {
-    format!("{}:{}", name.familiar_repository(), name.tag().unwrap_or("latest"))
+    format!(
+        "{}:{}",
+        name.familiar_repository(),
+        name.tag().unwrap_or("latest")
+    )
 }
 
 fn blob_path(digest: &Digest) -> String {
@@ -121,5 +154,8 @@ fn blob_path(digest: &Digest) -> String {
 }
 
 fn to_json(what: &str, value: &impl Serialize) -> Result<Vec<u8>, ExportError> {
-    serde_json::to_vec(value).map_err(|source| ExportError::Json { what: what.to_string(), source })
+    serde_json::to_vec(value).map_err(|source| ExportError::Json {
+        what: what.to_string(),
+        source,
+    })
 }

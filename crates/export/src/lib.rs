@@ -12,11 +12,9 @@ mod import;
 mod layout;
 mod rootfs;
 
+pub use archive::Target;
 pub use error::ExportError;
 pub use image::{ImageRef, load_image};
 pub use import::{Imported, import, import_reader};
-pub use archive::Target;
 pub use layout::{write_docker_archive, write_oci_layout};
 pub use rootfs::{write_rootfs_dir, write_rootfs_tar};
-
-

@@ -38,7 +38,11 @@ struct RawStage<'a> {
 }
 
 /// Compiles `file` for `options`, resolving base images with `resolver`.
-pub fn compile(file: &Dockerfile, options: &CompileOptions, resolver: &dyn ImageResolver) -> Result<Plan, CompileError> {
+pub fn compile(
+    file: &Dockerfile,
+    options: &CompileOptions,
+    resolver: &dyn ImageResolver,
+) -> Result<Plan, CompileError> {
     let lexer = Lexer::new(file.directives.escape);
     let platform_args = platform_args(&options.platform);
     let mut used_args: BTreeSet<String> = BTreeSet::new();
@@ -78,18 +82,32 @@ pub fn compile(file: &Dockerfile, options: &CompileOptions, resolver: &dyn Image
     for stage in &raw_stages {
         let image = expand(&lexer, stage.from, &stage.image, &global_env)?;
         if image.is_empty() {
-            return Err(CompileError::at(stage.from, ErrorKind::Invalid(format!("base name ({}) should not be blank", stage.image))));
+            return Err(CompileError::at(
+                stage.from,
+                ErrorKind::Invalid(format!("base name ({}) should not be blank", stage.image)),
+            ));
         }
         let alias = stage.alias.as_ref().map(|a| a.to_ascii_lowercase());
-        if let Some(alias) = &alias {
-            if names.iter().flatten().any(|n| n == alias) {
-                return Err(CompileError::at(stage.from, ErrorKind::Invalid(format!("duplicate stage name {alias:?}"))));
-            }
+        if let Some(alias) = &alias
+            && names.iter().flatten().any(|n| n == alias)
+        {
+            return Err(CompileError::at(
+                stage.from,
+                ErrorKind::Invalid(format!("duplicate stage name {alias:?}")),
+            ));
         }
         if let Some(p) = &stage.platform {
             let p = expand(&lexer, stage.from, p, &global_env)?;
-            if p != options.platform.to_string() && p != format!("{}/{}", options.platform.os, options.platform.architecture) {
-                return Err(CompileError::at(stage.from, ErrorKind::Unsupported(format!("building for platform {p} on {}", options.platform))));
+            if p != options.platform.to_string()
+                && p != format!("{}/{}", options.platform.os, options.platform.architecture)
+            {
+                return Err(CompileError::at(
+                    stage.from,
+                    ErrorKind::Unsupported(format!(
+                        "building for platform {p} on {}",
+                        options.platform
+                    )),
+                ));
             }
         }
         names.push(alias);
@@ -97,14 +115,22 @@ pub fn compile(file: &Dockerfile, options: &CompileOptions, resolver: &dyn Image
     }
     let target = match &options.target {
         None => raw_stages.len() - 1,
-        Some(t) => names.iter().position(|n| n.as_deref() == Some(&t.to_ascii_lowercase())).ok_or_else(|| {
-            CompileError::general(ErrorKind::UnknownTarget { target: t.clone(), stages: names.iter().flatten().cloned().collect() })
-        })?,
+        Some(t) => names
+            .iter()
+            .position(|n| n.as_deref() == Some(&t.to_ascii_lowercase()))
+            .ok_or_else(|| {
+                CompileError::general(ErrorKind::UnknownTarget {
+                    target: t.clone(),
+                    stages: names.iter().flatten().cloned().collect(),
+                })
+            })?,
     };
     // A FROM naming an earlier stage depends on it.
     let base_stage = |i: usize| -> Option<usize> {
         let wanted = images[i].to_ascii_lowercase();
-        names[..i].iter().position(|n| n.as_deref() == Some(wanted.as_str()))
+        names[..i]
+            .iter()
+            .position(|n| n.as_deref() == Some(wanted.as_str()))
     };
     let mut needed = vec![false; raw_stages.len()];
     let mut cursor = Some(target);
@@ -122,12 +148,21 @@ pub fn compile(file: &Dockerfile, options: &CompileOptions, resolver: &dyn Image
         let (base, config, author) = match base_stage(i) {
             Some(dep) => {
                 let Some(dep_index) = plan_index[dep] else {
-                    return Err(CompileError::at(raw.from, ErrorKind::Invalid(format!("stage {:?} is not built", images[i]))));
+                    return Err(CompileError::at(
+                        raw.from,
+                        ErrorKind::Invalid(format!("stage {:?} is not built", images[i])),
+                    ));
                 };
                 let dep_stage = &stages[dep_index];
-                (Base::Stage(dep_index), dep_stage.config.clone(), dep_stage.author.clone())
+                (
+                    Base::Stage(dep_index),
+                    dep_stage.config.clone(),
+                    dep_stage.author.clone(),
+                )
             }
-            None if images[i].eq_ignore_ascii_case("scratch") => (Base::Scratch, RuntimeConfig::default(), None),
+            None if images[i].eq_ignore_ascii_case("scratch") => {
+                (Base::Scratch, RuntimeConfig::default(), None)
+            }
             None => {
                 let resolved = resolver
                     .resolve(&images[i])
@@ -140,7 +175,7 @@ pub fn compile(file: &Dockerfile, options: &CompileOptions, resolver: &dyn Image
                     })?;
                 let config = resolved.config.config.clone();
                 let author = resolved.config.author.clone();
-                (Base::Image(resolved), config, author)
+                (Base::Image(Box::new(resolved)), config, author)
             }
         };
         let mut builder = StageBuilder {
@@ -171,9 +206,16 @@ pub fn compile(file: &Dockerfile, options: &CompileOptions, resolver: &dyn Image
             author: builder.author,
         });
     }
-    let unused_build_args =
-        options.build_args.keys().filter(|k| !used_args.contains(*k) && !is_builtin_arg(k)).cloned().collect();
-    Ok(Plan { stages, unused_build_args })
+    let unused_build_args = options
+        .build_args
+        .keys()
+        .filter(|k| !used_args.contains(*k) && !is_builtin_arg(k))
+        .cloned()
+        .collect();
+    Ok(Plan {
+        stages,
+        unused_build_args,
+    })
 }
 
 struct StageBuilder<'a> {
@@ -194,8 +236,11 @@ struct StageBuilder<'a> {
 impl StageBuilder<'_> {
     /// The environment words are expanded in: ARGs, shadowed by ENV.
     fn env(&self) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> =
-            self.args.iter().filter_map(|(k, v)| Some((k.clone(), v.clone()?))).collect();
+        let mut env: Vec<(String, String)> = self
+            .args
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+            .collect();
         for entry in self.config.env.iter().flatten() {
             let (k, v) = entry.split_once('=').unwrap_or((entry, ""));
             env.push((k.to_string(), v.to_string()));
@@ -208,11 +253,18 @@ impl StageBuilder<'_> {
     }
 
     fn workdir(&self) -> String {
-        self.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".to_string())
+        self.config
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".to_string())
     }
 
     fn shell(&self) -> Vec<String> {
-        self.config.shell.clone().unwrap_or_else(|| DEFAULT_SHELL.iter().map(|s| s.to_string()).collect())
+        self.config
+            .shell
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SHELL.iter().map(|s| s.to_string()).collect())
     }
 
     fn history(&mut self, inst: &Instruction, created_by: String, op: Option<Op>) {
@@ -237,10 +289,24 @@ impl StageBuilder<'_> {
                 for (name, default) in args {
                     let mut env = self.env();
                     env.extend(self.platform_args.iter().cloned());
-                    let mut value = arg_value(self.lexer, inst, name, default.as_deref(), &env, self.options, self.used_args)?;
+                    let mut value = arg_value(
+                        self.lexer,
+                        inst,
+                        name,
+                        default.as_deref(),
+                        &env,
+                        self.options,
+                        self.used_args,
+                    )?;
                     if value.is_none() {
                         // `ARG NAME` inherits the global ARG's value.
-                        value = self.global_args.iter().chain(self.platform_args).rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                        value = self
+                            .global_args
+                            .iter()
+                            .chain(self.platform_args)
+                            .rev()
+                            .find(|(k, _)| k == name)
+                            .map(|(_, v)| v.clone());
                     }
                     set_pair_opt(&mut self.args, name, value);
                 }
@@ -252,7 +318,13 @@ impl StageBuilder<'_> {
                 for (k, v) in pairs {
                     let key = self.expand(inst, k)?;
                     if key.is_empty() {
-                        return Err(CompileError::at(inst, ErrorKind::Invalid(format!("{} names must not be empty", if is_env { "ENV" } else { "LABEL" }))));
+                        return Err(CompileError::at(
+                            inst,
+                            ErrorKind::Invalid(format!(
+                                "{} names must not be empty",
+                                if is_env { "ENV" } else { "LABEL" }
+                            )),
+                        ));
                     }
                     expanded.push((key, self.expand(inst, v)?));
                 }
@@ -262,25 +334,41 @@ impl StageBuilder<'_> {
                     if is_env {
                         self.config.set_env(k, v);
                     } else {
-                        self.config.labels.get_or_insert_with(BTreeMap::new).insert(k.clone(), v.clone());
+                        self.config
+                            .labels
+                            .get_or_insert_with(BTreeMap::new)
+                            .insert(k.clone(), v.clone());
                     }
                 }
                 self.history(inst, created_by, None);
                 Ok(())
             }
-            Command::Copy { sources, dest, flags } => {
+            Command::Copy {
+                sources,
+                dest,
+                flags,
+            } => {
                 for unsupported in ["from", "exclude", "parents"] {
                     if !flags.all(unsupported).is_empty() {
-                        return Err(CompileError::at(inst, ErrorKind::Unsupported(format!("COPY --{unsupported}"))));
+                        return Err(CompileError::at(
+                            inst,
+                            ErrorKind::Unsupported(format!("COPY --{unsupported}")),
+                        ));
                     }
                 }
-                flags.boolean("link").map_err(|e| CompileError::at(inst, ErrorKind::Invalid(e)))?;
+                flags
+                    .boolean("link")
+                    .map_err(|e| CompileError::at(inst, ErrorKind::Invalid(e)))?;
                 let mut expanded_sources = Vec::new();
                 for s in sources {
                     expanded_sources.push(self.expand(inst, s)?);
                 }
                 let dest_expanded = self.expand(inst, dest)?;
-                let chown = flags.string("chown").map(|c| self.expand(inst, c)).transpose()?.filter(|c| !c.is_empty());
+                let chown = flags
+                    .string("chown")
+                    .map(|c| self.expand(inst, c))
+                    .transpose()?
+                    .filter(|c| !c.is_empty());
                 let chmod = match flags.string("chmod") {
                     None => None,
                     Some(c) => {
@@ -288,9 +376,19 @@ impl StageBuilder<'_> {
                         Some(parse_chmod(&c).ok_or_else(|| CompileError::at(inst, ErrorKind::Invalid(format!("invalid --chmod={c}: only octal modes such as 0644 are supported"))))?)
                     }
                 };
-                let created_by = format!("COPY {} {} # buildkit", expanded_sources.join(" "), dest_expanded);
+                let created_by = format!(
+                    "COPY {} {} # buildkit",
+                    expanded_sources.join(" "),
+                    dest_expanded
+                );
                 let dest_abs = absolute(&self.workdir(), &dest_expanded);
-                let op = Op::Copy(CopyOp { from: CopySource::Context, sources: expanded_sources, dest: dest_abs, chown, chmod });
+                let op = Op::Copy(CopyOp {
+                    from: CopySource::Context,
+                    sources: expanded_sources,
+                    dest: dest_abs,
+                    chown,
+                    chmod,
+                });
                 self.history(inst, created_by, Some(op));
                 Ok(())
             }
@@ -303,7 +401,11 @@ impl StageBuilder<'_> {
                         argv
                     }
                 };
-                let name = if matches!(command, Command::Cmd(_)) { "CMD" } else { "ENTRYPOINT" };
+                let name = if matches!(command, Command::Cmd(_)) {
+                    "CMD"
+                } else {
+                    "ENTRYPOINT"
+                };
                 let created_by = format!("{name} {}", go_quoted_slice(&argv));
                 if name == "CMD" {
                     self.config.cmd = Some(argv);
@@ -327,7 +429,10 @@ impl StageBuilder<'_> {
                 let path = absolute(&self.workdir(), &value);
                 let path = clean_abs(&path);
                 self.config.working_dir = Some(path.clone());
-                let op = Op::Mkdir(MkdirOp { path, user: self.config.user.clone().filter(|u| !u.is_empty()) });
+                let op = Op::Mkdir(MkdirOp {
+                    path,
+                    user: self.config.user.clone().filter(|u| !u.is_empty()),
+                });
                 self.history(inst, format!("WORKDIR {value}"), Some(op));
                 Ok(())
             }
@@ -340,8 +445,14 @@ impl StageBuilder<'_> {
             Command::Expose(words) => {
                 let mut ports: BTreeMap<String, ()> = BTreeMap::new();
                 for w in words {
-                    for word in self.lexer.process_words(w, &self.env()).map_err(|e| CompileError::at(inst, ErrorKind::Expansion(e.to_string())))? {
-                        for port in parse_ports(&word).map_err(|e| CompileError::at(inst, ErrorKind::Invalid(e)))? {
+                    for word in self
+                        .lexer
+                        .process_words(w, &self.env())
+                        .map_err(|e| CompileError::at(inst, ErrorKind::Expansion(e.to_string())))?
+                    {
+                        for port in parse_ports(&word)
+                            .map_err(|e| CompileError::at(inst, ErrorKind::Invalid(e)))?
+                        {
                             ports.insert(port, ());
                         }
                     }
@@ -359,7 +470,12 @@ impl StageBuilder<'_> {
                 for w in words {
                     let v = self.expand(inst, w)?;
                     if v.trim().is_empty() {
-                        return Err(CompileError::at(inst, ErrorKind::Invalid("VOLUME specified can not be an empty string".into())));
+                        return Err(CompileError::at(
+                            inst,
+                            ErrorKind::Invalid(
+                                "VOLUME specified can not be an empty string".into(),
+                            ),
+                        ));
                     }
                     volumes.push(v);
                 }
@@ -373,7 +489,10 @@ impl StageBuilder<'_> {
             Command::StopSignal(raw) => {
                 let value = self.expand(inst, raw)?;
                 if !valid_signal(&value) {
-                    return Err(CompileError::at(inst, ErrorKind::Invalid(format!("invalid signal: {value}"))));
+                    return Err(CompileError::at(
+                        inst,
+                        ErrorKind::Invalid(format!("invalid signal: {value}")),
+                    ));
                 }
                 self.config.stop_signal = Some(value.clone());
                 self.history(inst, format!("STOPSIGNAL {value}"), None);
@@ -384,18 +503,30 @@ impl StageBuilder<'_> {
                 self.history(inst, format!("MAINTAINER {value}"), None);
                 Ok(())
             }
-            Command::Unsupported(what) => Err(CompileError::at(inst, ErrorKind::Unsupported(what.clone()))),
+            Command::Unsupported(what) => {
+                Err(CompileError::at(inst, ErrorKind::Unsupported(what.clone())))
+            }
         }
     }
 }
 
 fn unreachable_from(inst: &Instruction) -> Result<(), CompileError> {
-    Err(CompileError::at(inst, ErrorKind::Invalid("FROM inside a stage".into())))
+    Err(CompileError::at(
+        inst,
+        ErrorKind::Invalid("FROM inside a stage".into()),
+    ))
 }
 
-fn expand(lexer: &Lexer, inst: &Instruction, word: &str, env: &[(String, String)]) -> Result<String, CompileError> {
+fn expand(
+    lexer: &Lexer,
+    inst: &Instruction,
+    word: &str,
+    env: &[(String, String)],
+) -> Result<String, CompileError> {
     let env: Vec<(String, String)> = env.to_vec();
-    lexer.process_word(word, &env).map_err(|e| CompileError::at(inst, ErrorKind::Expansion(e.to_string())))
+    lexer
+        .process_word(word, &env)
+        .map_err(|e| CompileError::at(inst, ErrorKind::Expansion(e.to_string())))
 }
 
 /// The value an ARG takes: the build arg when given, else its default
@@ -426,7 +557,10 @@ fn set_pair_opt(pairs: &mut Vec<(String, Option<String>)>, key: &str, value: Opt
     pairs.push((key.to_string(), value));
 }
 
-fn with_platform(args: &[(String, String)], platform: &[(String, String)]) -> Vec<(String, String)> {
+fn with_platform(
+    args: &[(String, String)],
+    platform: &[(String, String)],
+) -> Vec<(String, String)> {
     platform.iter().chain(args).cloned().collect()
 }
 
@@ -493,7 +627,10 @@ fn parse_ports(word: &str) -> Result<Vec<String>, String> {
     if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
         return Err(format!("invalid proto: {proto}"));
     }
-    let parse = |s: &str| s.parse::<u16>().map_err(|_| format!("invalid containerPort: {word}"));
+    let parse = |s: &str| {
+        s.parse::<u16>()
+            .map_err(|_| format!("invalid containerPort: {word}"))
+    };
     let (start, end) = match ports.split_once('-') {
         Some((a, b)) => (parse(a)?, parse(b)?),
         None => {
@@ -502,7 +639,9 @@ fn parse_ports(word: &str) -> Result<Vec<String>, String> {
         }
     };
     if end < start {
-        return Err(format!("invalid range specified for container port: {word}"));
+        return Err(format!(
+            "invalid range specified for container port: {word}"
+        ));
     }
     Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
 }
@@ -514,12 +653,15 @@ fn valid_signal(s: &str) -> bool {
     }
     let name = s.strip_prefix("SIG").unwrap_or(s);
     const NAMES: &[&str] = &[
-        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL", "PIPE",
-        "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP", "TTIN", "TTOU",
-        "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+        "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
     ];
     NAMES.contains(&name.to_ascii_uppercase().as_str())
-        || name.strip_prefix("RTMIN").or_else(|| name.strip_prefix("RTMAX")).is_some_and(|r| r.is_empty() || r.trim_start_matches(['+', '-']).parse::<u8>().is_ok())
+        || name
+            .strip_prefix("RTMIN")
+            .or_else(|| name.strip_prefix("RTMAX"))
+            .is_some_and(|r| r.is_empty() || r.trim_start_matches(['+', '-']).parse::<u8>().is_ok())
 }
 
 /// Go's `fmt.Sprintf("%q", []string{...})`: `["a" "b"]`.
@@ -543,7 +685,9 @@ pub fn go_quote(s: &str) -> String {
             '\x08' => out.push_str("\\b"),
             '\x0c' => out.push_str("\\f"),
             '\x0b' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }

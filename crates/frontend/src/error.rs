@@ -7,31 +7,58 @@ use crate::parser::Instruction;
 /// What went wrong.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ErrorKind {
-    UnknownInstruction { word: String, suggestion: Option<String> },
-    UnknownFlag { flag: String, instruction: String },
+    UnknownInstruction {
+        word: String,
+        suggestion: Option<String>,
+    },
+    UnknownFlag {
+        flag: String,
+        instruction: String,
+    },
     Unsupported(String),
     Expansion(String),
     Invalid(String),
     /// The base image could not be found or read.
     BaseImage(String),
-    UnknownTarget { target: String, stages: Vec<String> },
+    UnknownTarget {
+        target: String,
+        stages: Vec<String>,
+    },
     NoStage,
 }
 
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ErrorKind::UnknownInstruction { word, suggestion: Some(s) } => {
+            ErrorKind::UnknownInstruction {
+                word,
+                suggestion: Some(s),
+            } => {
                 write!(f, "unknown instruction: {word} (did you mean {s}?)")
             }
-            ErrorKind::UnknownInstruction { word, suggestion: None } => write!(f, "unknown instruction: {word}"),
-            ErrorKind::UnknownFlag { flag, instruction } => write!(f, "unknown flag: --{flag} for {instruction}"),
-            ErrorKind::Unsupported(what) => write!(f, "{what} is not supported by this version of rbuild yet"),
-            ErrorKind::Expansion(msg) | ErrorKind::Invalid(msg) | ErrorKind::BaseImage(msg) => f.write_str(msg),
-            ErrorKind::UnknownTarget { target, stages } => {
-                write!(f, "target stage {target:?} could not be found (stages: {})", stages.join(", "))
+            ErrorKind::UnknownInstruction {
+                word,
+                suggestion: None,
+            } => write!(f, "unknown instruction: {word}"),
+            ErrorKind::UnknownFlag { flag, instruction } => {
+                write!(f, "unknown flag: --{flag} for {instruction}")
             }
-            ErrorKind::NoStage => f.write_str("the Dockerfile has no FROM: a build needs at least one stage"),
+            ErrorKind::Unsupported(what) => {
+                write!(f, "{what} is not supported by this version of rbuild yet")
+            }
+            ErrorKind::Expansion(msg) | ErrorKind::Invalid(msg) | ErrorKind::BaseImage(msg) => {
+                f.write_str(msg)
+            }
+            ErrorKind::UnknownTarget { target, stages } => {
+                write!(
+                    f,
+                    "target stage {target:?} could not be found (stages: {})",
+                    stages.join(", ")
+                )
+            }
+            ErrorKind::NoStage => {
+                f.write_str("the Dockerfile has no FROM: a build needs at least one stage")
+            }
         }
     }
 }
@@ -48,17 +75,29 @@ pub struct CompileError {
 
 impl CompileError {
     pub fn at(inst: &Instruction, kind: ErrorKind) -> CompileError {
-        CompileError { kind, line: Some(inst.start_line), text: Some(inst.original.clone()) }
+        CompileError {
+            kind,
+            line: Some(inst.start_line),
+            text: Some(inst.original.clone()),
+        }
     }
 
     pub fn general(kind: ErrorKind) -> CompileError {
-        CompileError { kind, line: None, text: None }
+        CompileError {
+            kind,
+            line: None,
+            text: None,
+        }
     }
 
     /// Formats as `FILE:LINE: message` with the offending line below.
     pub fn render(&self, file: &str) -> String {
         match (self.line, &self.text) {
-            (Some(line), Some(text)) => format!("{file}:{line}: {}\n  {line} | {}", self.kind, text.trim_end()),
+            (Some(line), Some(text)) => format!(
+                "{file}:{line}: {}\n  {line} | {}",
+                self.kind,
+                text.trim_end()
+            ),
             (Some(line), None) => format!("{file}:{line}: {}", self.kind),
             _ => format!("{file}: {}", self.kind),
         }

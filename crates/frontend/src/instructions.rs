@@ -23,13 +23,24 @@ impl Flags {
                 None => (body, None),
             };
             if !allowed.contains(&name) {
-                return Err(CompileError::at(inst, ErrorKind::UnknownFlag {
-                    flag: name.to_string(),
-                    instruction: inst.keyword.to_uppercase(),
-                }));
+                return Err(CompileError::at(
+                    inst,
+                    ErrorKind::UnknownFlag {
+                        flag: name.to_string(),
+                        instruction: inst.keyword.to_uppercase(),
+                    },
+                ));
             }
-            if values.iter().any(|(n, _): &(String, Option<String>)| n == name) && name != "exclude" && name != "mount" {
-                return Err(CompileError::at(inst, ErrorKind::Invalid(format!("duplicate flag specified: --{name}"))));
+            if values
+                .iter()
+                .any(|(n, _): &(String, Option<String>)| n == name)
+                && name != "exclude"
+                && name != "mount"
+            {
+                return Err(CompileError::at(
+                    inst,
+                    ErrorKind::Invalid(format!("duplicate flag specified: --{name}")),
+                ));
             }
             values.push((name.to_string(), value));
         }
@@ -38,7 +49,10 @@ impl Flags {
 
     /// The value of a flag that takes one (`--name=value`).
     pub fn string(&self, name: &str) -> Option<&str> {
-        self.values.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref())
+        self.values
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
     }
 
     /// A boolean flag: `--link`, `--link=true`, `--link=false`.
@@ -49,14 +63,20 @@ impl Flags {
             Some((_, Some(v))) => match v.to_ascii_lowercase().as_str() {
                 "true" | "1" => Ok(true),
                 "false" | "0" => Ok(false),
-                _ => Err(format!("expecting boolean value for flag --{name}, not: {v}")),
+                _ => Err(format!(
+                    "expecting boolean value for flag --{name}, not: {v}"
+                )),
             },
         }
     }
 
     /// All values of a repeatable flag.
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.values.iter().filter(|(n, _)| n == name).filter_map(|(_, v)| v.as_deref()).collect()
+        self.values
+            .iter()
+            .filter(|(n, _)| n == name)
+            .filter_map(|(_, v)| v.as_deref())
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -75,11 +95,19 @@ pub enum CommandLine {
 
 #[derive(Debug, Clone)]
 pub enum Command {
-    From { image: String, alias: Option<String>, platform: Option<String> },
+    From {
+        image: String,
+        alias: Option<String>,
+        platform: Option<String>,
+    },
     Arg(Vec<(String, Option<String>)>),
     Env(Vec<(String, String)>),
     Label(Vec<(String, String)>),
-    Copy { sources: Vec<String>, dest: String, flags: Flags },
+    Copy {
+        sources: Vec<String>,
+        dest: String,
+        flags: Flags,
+    },
     Cmd(CommandLine),
     Entrypoint(CommandLine),
     Shell(Vec<String>),
@@ -94,8 +122,24 @@ pub enum Command {
 }
 
 const KNOWN: &[&str] = &[
-    "add", "arg", "cmd", "copy", "entrypoint", "env", "expose", "from", "healthcheck", "label",
-    "maintainer", "onbuild", "run", "shell", "stopsignal", "user", "volume", "workdir",
+    "add",
+    "arg",
+    "cmd",
+    "copy",
+    "entrypoint",
+    "env",
+    "expose",
+    "from",
+    "healthcheck",
+    "label",
+    "maintainer",
+    "onbuild",
+    "run",
+    "shell",
+    "stopsignal",
+    "user",
+    "volume",
+    "workdir",
 ];
 
 /// Converts one parsed instruction.
@@ -107,15 +151,29 @@ pub fn parse(inst: &Instruction) -> Result<Command, CompileError> {
             let flags = Flags::parse(inst, &["platform"])?;
             let (image, alias) = match inst.args.as_slice() {
                 [image] => (image.clone(), None),
-                [image, as_kw, alias] if as_kw.eq_ignore_ascii_case("as") => (image.clone(), Some(alias.clone())),
-                _ => return Err(CompileError::at(inst, ErrorKind::Invalid("FROM requires either one or three arguments".into()))),
+                [image, as_kw, alias] if as_kw.eq_ignore_ascii_case("as") => {
+                    (image.clone(), Some(alias.clone()))
+                }
+                _ => {
+                    return Err(CompileError::at(
+                        inst,
+                        ErrorKind::Invalid("FROM requires either one or three arguments".into()),
+                    ));
+                }
             };
-            Command::From { image, alias, platform: flags.string("platform").map(str::to_string) }
+            Command::From {
+                image,
+                alias,
+                platform: flags.string("platform").map(str::to_string),
+            }
         }
         "arg" => {
             no_flags(inst)?;
             if inst.args.is_empty() {
-                return Err(CompileError::at(inst, ErrorKind::Invalid("ARG requires at least one argument".into())));
+                return Err(CompileError::at(
+                    inst,
+                    ErrorKind::Invalid("ARG requires at least one argument".into()),
+                ));
             }
             let mut args = Vec::new();
             for word in &inst.args {
@@ -124,7 +182,10 @@ pub fn parse(inst: &Instruction) -> Result<Command, CompileError> {
                     None => (word.clone(), None),
                 };
                 if name.is_empty() {
-                    return Err(CompileError::at(inst, ErrorKind::Invalid(format!("invalid ARG {word:?}: empty name"))));
+                    return Err(CompileError::at(
+                        inst,
+                        ErrorKind::Invalid(format!("invalid ARG {word:?}: empty name")),
+                    ));
                 }
                 args.push((name, value));
             }
@@ -133,28 +194,50 @@ pub fn parse(inst: &Instruction) -> Result<Command, CompileError> {
         "env" | "label" => {
             no_flags(inst)?;
             let pairs = triples(inst)?;
-            if kw == "env" { Command::Env(pairs) } else { Command::Label(pairs) }
+            if kw == "env" {
+                Command::Env(pairs)
+            } else {
+                Command::Label(pairs)
+            }
         }
         "copy" => {
-            let flags = Flags::parse(inst, &["from", "chown", "chmod", "link", "exclude", "parents"])?;
+            let flags = Flags::parse(
+                inst,
+                &["from", "chown", "chmod", "link", "exclude", "parents"],
+            )?;
             if !inst.heredocs.is_empty() {
                 return Ok(Command::Unsupported("COPY with a heredoc".into()));
             }
             if inst.args.len() < 2 {
                 return Err(CompileError::at(inst, ErrorKind::Invalid("COPY requires at least two arguments, but only one was provided. Destination could not be determined".into())));
             }
-            let (dest, sources) = inst.args.split_last().map(|(d, s)| (d.clone(), s.to_vec())).unwrap_or_default();
-            Command::Copy { sources, dest, flags }
+            let (dest, sources) = inst
+                .args
+                .split_last()
+                .map(|(d, s)| (d.clone(), s.to_vec()))
+                .unwrap_or_default();
+            Command::Copy {
+                sources,
+                dest,
+                flags,
+            }
         }
         "cmd" | "entrypoint" => {
             no_flags(inst)?;
             let line = command_line(inst);
-            if kw == "cmd" { Command::Cmd(line) } else { Command::Entrypoint(line) }
+            if kw == "cmd" {
+                Command::Cmd(line)
+            } else {
+                Command::Entrypoint(line)
+            }
         }
         "shell" => {
             no_flags(inst)?;
             if !inst.json || inst.args.is_empty() {
-                return Err(CompileError::at(inst, ErrorKind::Invalid("SHELL requires the arguments to be in JSON form".into())));
+                return Err(CompileError::at(
+                    inst,
+                    ErrorKind::Invalid("SHELL requires the arguments to be in JSON form".into()),
+                ));
             }
             Command::Shell(inst.args.clone())
         }
@@ -162,7 +245,15 @@ pub fn parse(inst: &Instruction) -> Result<Command, CompileError> {
             no_flags(inst)?;
             let value = match inst.args.as_slice() {
                 [v] if !v.is_empty() => v.clone(),
-                _ => return Err(CompileError::at(inst, ErrorKind::Invalid(format!("{} requires exactly one argument", kw.to_uppercase())))),
+                _ => {
+                    return Err(CompileError::at(
+                        inst,
+                        ErrorKind::Invalid(format!(
+                            "{} requires exactly one argument",
+                            kw.to_uppercase()
+                        )),
+                    ));
+                }
             };
             match kw {
                 "workdir" => Command::Workdir(value),
@@ -174,16 +265,29 @@ pub fn parse(inst: &Instruction) -> Result<Command, CompileError> {
         "expose" | "volume" => {
             no_flags(inst)?;
             if inst.args.is_empty() || inst.args.iter().all(|a| a.is_empty()) {
-                return Err(CompileError::at(inst, ErrorKind::Invalid(format!("{} requires at least one argument", kw.to_uppercase()))));
+                return Err(CompileError::at(
+                    inst,
+                    ErrorKind::Invalid(format!(
+                        "{} requires at least one argument",
+                        kw.to_uppercase()
+                    )),
+                ));
             }
-            if kw == "expose" { Command::Expose(inst.args.clone()) } else { Command::Volume(inst.args.clone()) }
+            if kw == "expose" {
+                Command::Expose(inst.args.clone())
+            } else {
+                Command::Volume(inst.args.clone())
+            }
         }
         "run" | "add" | "healthcheck" | "onbuild" => Command::Unsupported(kw.to_uppercase()),
         _ => {
-            return Err(CompileError::at(inst, ErrorKind::UnknownInstruction {
-                word: inst.keyword.to_uppercase(),
-                suggestion: suggest(kw),
-            }));
+            return Err(CompileError::at(
+                inst,
+                ErrorKind::UnknownInstruction {
+                    word: inst.keyword.to_uppercase(),
+                    suggestion: suggest(kw),
+                },
+            ));
         }
     };
     Ok(cmd)
@@ -191,10 +295,20 @@ pub fn parse(inst: &Instruction) -> Result<Command, CompileError> {
 
 /// ENV and LABEL arguments come as (key, value, separator) triples.
 fn triples(inst: &Instruction) -> Result<Vec<(String, String)>, CompileError> {
-    if inst.args.is_empty() || inst.args.len() % 3 != 0 {
-        return Err(CompileError::at(inst, ErrorKind::Invalid(format!("{} requires at least one argument", inst.keyword.to_uppercase()))));
+    if inst.args.is_empty() || !inst.args.len().is_multiple_of(3) {
+        return Err(CompileError::at(
+            inst,
+            ErrorKind::Invalid(format!(
+                "{} requires at least one argument",
+                inst.keyword.to_uppercase()
+            )),
+        ));
     }
-    Ok(inst.args.chunks(3).map(|c| (c[0].clone(), c[1].clone())).collect())
+    Ok(inst
+        .args
+        .chunks(3)
+        .map(|c| (c[0].clone(), c[1].clone()))
+        .collect())
 }
 
 fn command_line(inst: &Instruction) -> CommandLine {

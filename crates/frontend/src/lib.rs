@@ -15,4 +15,6 @@ pub mod shell;
 
 pub use compile::{CompileOptions, compile};
 pub use error::{CompileError, ErrorKind};
-pub use plan::{Base, CopyOp, CopySource, ImageResolver, MkdirOp, Op, Plan, ResolvedImage, Stage, Step};
+pub use plan::{
+    Base, CopyOp, CopySource, ImageResolver, MkdirOp, Op, Plan, ResolvedImage, Stage, Step,
+};

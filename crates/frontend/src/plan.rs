@@ -25,7 +25,7 @@ pub trait ImageResolver {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Base {
     Scratch,
-    Image(ResolvedImage),
+    Image(Box<ResolvedImage>),
     /// Another stage of this plan, by index into [`Plan::stages`].
     Stage(usize),
 }

@@ -135,7 +135,11 @@ pub struct ImageConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<History>,
     pub os: String,
-    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
     pub rootfs: RootFs,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -179,7 +183,10 @@ pub struct RootFs {
 
 impl Default for RootFs {
     fn default() -> RootFs {
-        RootFs { kind: "layers".to_string(), diff_ids: Vec::new() }
+        RootFs {
+            kind: "layers".to_string(),
+            diff_ids: Vec::new(),
+        }
     }
 }
 
@@ -229,7 +236,10 @@ impl RuntimeConfig {
     pub fn set_env(&mut self, key: &str, value: &str) {
         let env = self.env.get_or_insert_with(Vec::new);
         let entry = format!("{key}={value}");
-        match env.iter_mut().find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key) {
+        match env
+            .iter_mut()
+            .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+        {
             Some(existing) => *existing = entry,
             None => env.push(entry),
         }
@@ -302,7 +312,10 @@ mod tests {
         });
         let json = serde_json::to_string(&config).unwrap();
         assert!(json.contains(r#""config":{"Cmd":["sh"]}"#), "{json}");
-        assert!(json.contains(r#""rootfs":{"type":"layers","diff_ids":[]}"#), "{json}");
+        assert!(
+            json.contains(r#""rootfs":{"type":"layers","diff_ids":[]}"#),
+            "{json}"
+        );
         assert!(json.contains(r#""empty_layer":true"#), "{json}");
         let back: ImageConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, config);

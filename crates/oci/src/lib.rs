@@ -16,7 +16,7 @@ pub use blobs::BlobStore;
 pub use digest::{Digest, DigestError, Hasher};
 pub use image::{
     Descriptor, HealthConfig, History, ImageConfig, Index, Manifest, RootFs, RuntimeConfig,
-    media_type, annotation,
+    annotation, media_type,
 };
 pub use platform::Platform;
 pub use reference::{Reference, ReferenceError};

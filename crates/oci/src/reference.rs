@@ -39,9 +39,7 @@ pub enum ReferenceError {
     Tag(String),
     #[error("invalid reference format: {0}")]
     Digest(DigestError),
-    #[error(
-        "invalid repository name ({0}), cannot specify 64-byte hexadecimal strings"
-    )]
+    #[error("invalid repository name ({0}), cannot specify 64-byte hexadecimal strings")]
     HexIdentifier(String),
     #[error("invalid reference format: empty reference")]
     Empty,
@@ -68,9 +66,10 @@ impl Reference {
             return Err(ReferenceError::HexIdentifier(s.to_string()));
         }
         let (rest, digest) = match s.split_once('@') {
-            Some((rest, digest)) => {
-                (rest, Some(digest.parse::<Digest>().map_err(ReferenceError::Digest)?))
-            }
+            Some((rest, digest)) => (
+                rest,
+                Some(digest.parse::<Digest>().map_err(ReferenceError::Digest)?),
+            ),
             None => (s, None),
         };
         // A tag is what follows the last ':' after the last '/'; an earlier
@@ -80,10 +79,10 @@ impl Reference {
             Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
             None => (rest, None),
         };
-        if let Some(tag) = tag {
-            if !valid_tag(tag) {
-                return Err(ReferenceError::Tag(tag.to_string()));
-            }
+        if let Some(tag) = tag
+            && !valid_tag(tag)
+        {
+            return Err(ReferenceError::Tag(tag.to_string()));
         }
         let (domain, path) = split_domain(name);
         if path.to_ascii_lowercase() != path {
@@ -95,7 +94,12 @@ impl Reference {
         if domain.len() + 1 + path.len() > NAME_TOTAL_LENGTH_MAX {
             return Err(ReferenceError::NameTooLong);
         }
-        Ok(Reference { domain, path, tag: tag.map(str::to_string), digest })
+        Ok(Reference {
+            domain,
+            path,
+            tag: tag.map(str::to_string),
+            digest,
+        })
     }
 
     pub fn domain(&self) -> &str {
@@ -124,7 +128,10 @@ impl Reference {
     /// `localhost:5000/app`).
     pub fn familiar_repository(&self) -> String {
         if self.domain == DEFAULT_DOMAIN {
-            self.path.strip_prefix(OFFICIAL_REPO_PREFIX).unwrap_or(&self.path).to_string()
+            self.path
+                .strip_prefix(OFFICIAL_REPO_PREFIX)
+                .unwrap_or(&self.path)
+                .to_string()
         } else {
             self.repository()
         }
@@ -268,10 +275,10 @@ fn valid_domain(domain: &str) -> bool {
             None => (domain, None),
         }
     };
-    if let Some(port) = port {
-        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-            return false;
-        }
+    if let Some(port) = port
+        && (port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return false;
     }
     host.split('.').all(|label| {
         let b = label.as_bytes();
@@ -299,7 +306,10 @@ mod tests {
         assert_eq!(norm("localhost/app"), "localhost/app:latest");
         assert_eq!(norm("localhost:5000/a/b:c"), "localhost:5000/a/b:c");
         assert_eq!(norm("127.0.0.1:5000/app"), "127.0.0.1:5000/app:latest");
-        assert_eq!(norm("example.com/a__b/c-d--e.f_g:T.1-x"), "example.com/a__b/c-d--e.f_g:T.1-x");
+        assert_eq!(
+            norm("example.com/a__b/c-d--e.f_g:T.1-x"),
+            "example.com/a__b/c-d--e.f_g:T.1-x"
+        );
         assert_eq!(norm("[::1]:5000/app:v"), "[::1]:5000/app:v");
         let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         let r = Reference::parse(&format!("busybox@{d}")).unwrap();
@@ -312,8 +322,14 @@ mod tests {
 
     #[test]
     fn familiar_names() {
-        assert_eq!(Reference::parse("busybox").unwrap().familiar(), "busybox:latest");
-        assert_eq!(Reference::parse("user/app:1").unwrap().familiar(), "user/app:1");
+        assert_eq!(
+            Reference::parse("busybox").unwrap().familiar(),
+            "busybox:latest"
+        );
+        assert_eq!(
+            Reference::parse("user/app:1").unwrap().familiar(),
+            "user/app:1"
+        );
         assert_eq!(
             Reference::parse("localhost:5000/app:1").unwrap().familiar(),
             "localhost:5000/app:1"
@@ -322,12 +338,27 @@ mod tests {
 
     #[test]
     fn rejects_invalid_names() {
-        assert!(matches!(Reference::parse("UPPER:case"), Err(ReferenceError::Uppercase(_))));
+        assert!(matches!(
+            Reference::parse("UPPER:case"),
+            Err(ReferenceError::Uppercase(_))
+        ));
         // An uppercase first component is a registry host, as docker reads it.
         assert_eq!(Reference::parse("Foo/bar").unwrap().domain(), "Foo");
         for bad in [
-            "", "app:", ":tag", "app:-x", "a//b", "a/", "-a", "a-", "a..b", "a___b",
-            "app@sha256:123", "app:tag:tag", "host:port/app", "a b",
+            "",
+            "app:",
+            ":tag",
+            "app:-x",
+            "a//b",
+            "a/",
+            "-a",
+            "a-",
+            "a..b",
+            "a___b",
+            "app@sha256:123",
+            "app:tag:tag",
+            "host:port/app",
+            "a b",
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} should be rejected");
         }
@@ -335,7 +366,10 @@ mod tests {
             Reference::parse(&"a".repeat(64)),
             Err(ReferenceError::HexIdentifier(_))
         ));
-        assert!(matches!(Reference::parse(&"a".repeat(300)), Err(ReferenceError::NameTooLong)));
+        assert!(matches!(
+            Reference::parse(&"a".repeat(300)),
+            Err(ReferenceError::NameTooLong)
+        ));
         assert!(Reference::parse(&format!("app:{}", "t".repeat(129))).is_err());
     }
 }

@@ -24,9 +24,16 @@ pub enum BuildError {
     #[error("line {line}: writing the layer: {source}")]
     Layer { line: usize, source: std::io::Error },
     #[error("reading base image {name}: {source}")]
-    Base { name: String, source: rbuild_export::ExportError },
+    Base {
+        name: String,
+        source: rbuild_export::ExportError,
+    },
     #[error("reading base image {name}: layer {digest}: {source}")]
-    BaseLayer { name: String, digest: Digest, source: std::io::Error },
+    BaseLayer {
+        name: String,
+        digest: Digest,
+        source: std::io::Error,
+    },
     #[error("storing the image: {0}")]
     Store(std::io::Error),
     #[error("the plan has no stages")]
@@ -37,9 +44,9 @@ impl BuildError {
     /// The Dockerfile line the error is about, if any.
     pub fn line(&self) -> Option<usize> {
         match self {
-            BuildError::Copy { line, .. } | BuildError::User { line, .. } | BuildError::Layer { line, .. } => {
-                Some(*line)
-            }
+            BuildError::Copy { line, .. }
+            | BuildError::User { line, .. }
+            | BuildError::Layer { line, .. } => Some(*line),
             _ => None,
         }
     }
@@ -72,7 +79,11 @@ struct State {
 }
 
 /// Builds the plan's target (its last stage).
-pub fn build(plan: &Plan, store: &ContentStore, options: &BuildOptions<'_>) -> Result<BuiltImage, BuildError> {
+pub fn build(
+    plan: &Plan,
+    store: &ContentStore,
+    options: &BuildOptions<'_>,
+) -> Result<BuiltImage, BuildError> {
     let now = match options.source_date_epoch {
         Some(epoch) => UNIX_EPOCH + Duration::from_secs(epoch),
         None => SystemTime::now(),
@@ -82,14 +93,23 @@ pub fn build(plan: &Plan, store: &ContentStore, options: &BuildOptions<'_>) -> R
     let mut built: Vec<State> = Vec::with_capacity(plan.stages.len());
     for stage in &plan.stages {
         let mut state = match &stage.base {
-            Base::Scratch => {
-                State { layers: Vec::new(), config: ImageConfig::scratch(&stage.platform), fs: Some(BaseFs::empty()) }
-            }
+            Base::Scratch => State {
+                layers: Vec::new(),
+                config: ImageConfig::scratch(&stage.platform),
+                fs: Some(BaseFs::empty()),
+            },
             Base::Stage(i) => built[*i].clone(),
             Base::Image(image) => {
                 let loaded = rbuild_export::load_image(store, image.manifest.clone(), Vec::new())
-                    .map_err(|source| BuildError::Base { name: image.name.clone(), source })?;
-                State { layers: loaded.manifest.layers, config: loaded.config, fs: None }
+                    .map_err(|source| BuildError::Base {
+                    name: image.name.clone(),
+                    source,
+                })?;
+                State {
+                    layers: loaded.manifest.layers,
+                    config: loaded.config,
+                    fs: None,
+                }
             }
         };
         let base_name = match &stage.base {
@@ -109,7 +129,10 @@ pub fn build(plan: &Plan, store: &ContentStore, options: &BuildOptions<'_>) -> R
                             .as_deref()
                             .map(|spec| fs.owner(spec))
                             .transpose()
-                            .map_err(|source| BuildError::User { line: step.line, source })?;
+                            .map_err(|source| BuildError::User {
+                                line: step.line,
+                                source,
+                            })?;
                         let spec = CopySpec {
                             context: options.context,
                             sources: &copy.sources,
@@ -118,18 +141,37 @@ pub fn build(plan: &Plan, store: &ContentStore, options: &BuildOptions<'_>) -> R
                             chmod: copy.chmod,
                             created_dir_mtime: dir_mtime,
                         };
-                        copy_entries(&spec, fs).map_err(|source| BuildError::Copy { line: step.line, source })?
+                        copy_entries(&spec, fs).map_err(|source| BuildError::Copy {
+                            line: step.line,
+                            source,
+                        })?
                     }
-                    Op::Mkdir(mkdir) => mkdir_entries(mkdir, fs, dir_mtime)
-                        .map_err(|source| BuildError::User { line: step.line, source })?,
+                    Op::Mkdir(mkdir) => {
+                        mkdir_entries(mkdir, fs, dir_mtime).map_err(|source| BuildError::User {
+                            line: step.line,
+                            source,
+                        })?
+                    }
                 };
                 if entries.is_empty() {
                     history.empty_layer = true;
                 } else {
-                    let (descriptor, diff_id) = write_layer(store, &entries)
-                        .map_err(|source| BuildError::Layer { line: step.line, source })?;
-                    let layer = store.open(&descriptor.digest).map_err(|source| BuildError::Layer { line: step.line, source })?;
-                    fs.apply_layer(layer).map_err(|source| BuildError::Layer { line: step.line, source })?;
+                    let (descriptor, diff_id) =
+                        write_layer(store, &entries).map_err(|source| BuildError::Layer {
+                            line: step.line,
+                            source,
+                        })?;
+                    let layer =
+                        store
+                            .open(&descriptor.digest)
+                            .map_err(|source| BuildError::Layer {
+                                line: step.line,
+                                source,
+                            })?;
+                    fs.apply_layer(layer).map_err(|source| BuildError::Layer {
+                        line: step.line,
+                        source,
+                    })?;
                     state.layers.push(descriptor);
                     state.config.rootfs.diff_ids.push(diff_id);
                 }
@@ -146,20 +188,27 @@ pub fn build(plan: &Plan, store: &ContentStore, options: &BuildOptions<'_>) -> R
 }
 
 /// The base filesystem view, read from the layers on first use.
-fn ensure_fs<'s>(state: &'s mut State, store: &ContentStore, name: &str) -> Result<&'s mut BaseFs, BuildError> {
+fn ensure_fs<'s>(
+    state: &'s mut State,
+    store: &ContentStore,
+    name: &str,
+) -> Result<&'s mut BaseFs, BuildError> {
     if state.fs.is_none() {
         let mut fs = BaseFs::empty();
         for layer in &state.layers {
-            let file = store.open(&layer.digest).map_err(|source| BuildError::BaseLayer {
-                name: name.to_string(),
-                digest: layer.digest,
-                source,
-            })?;
-            fs.apply_layer(file).map_err(|source| BuildError::BaseLayer {
-                name: name.to_string(),
-                digest: layer.digest,
-                source,
-            })?;
+            let file = store
+                .open(&layer.digest)
+                .map_err(|source| BuildError::BaseLayer {
+                    name: name.to_string(),
+                    digest: layer.digest,
+                    source,
+                })?;
+            fs.apply_layer(file)
+                .map_err(|source| BuildError::BaseLayer {
+                    name: name.to_string(),
+                    digest: layer.digest,
+                    source,
+                })?;
         }
         state.fs = Some(fs);
     }
@@ -206,20 +255,39 @@ fn write_layer(store: &ContentStore, entries: &[Entry]) -> std::io::Result<(Desc
     }
     let (diff_id, _, ingest) = writer.finish()?;
     let (digest, size) = ingest.commit(Some(&diff_id))?;
-    Ok((Descriptor::new(media_type::OCI_LAYER, digest, size), diff_id))
+    Ok((
+        Descriptor::new(media_type::OCI_LAYER, digest, size),
+        diff_id,
+    ))
 }
 
 /// Stores the config and manifest of a finished image.
-fn store_image(store: &ContentStore, config: ImageConfig, layers: Vec<Descriptor>) -> Result<BuiltImage, BuildError> {
+fn store_image(
+    store: &ContentStore,
+    config: ImageConfig,
+    layers: Vec<Descriptor>,
+) -> Result<BuiltImage, BuildError> {
     let config_json = serde_json::to_vec(&config).map_err(|e| BuildError::Store(e.into()))?;
     let config_digest = store.write_bytes(&config_json).map_err(BuildError::Store)?;
-    let manifest = Manifest::new(Descriptor::new(media_type::OCI_CONFIG, config_digest, config_json.len() as u64), layers);
+    let manifest = Manifest::new(
+        Descriptor::new(
+            media_type::OCI_CONFIG,
+            config_digest,
+            config_json.len() as u64,
+        ),
+        layers,
+    );
     let manifest_json = serde_json::to_vec(&manifest).map_err(|e| BuildError::Store(e.into()))?;
-    let manifest_digest = store.write_bytes(&manifest_json).map_err(BuildError::Store)?;
+    let manifest_digest = store
+        .write_bytes(&manifest_json)
+        .map_err(BuildError::Store)?;
     Ok(BuiltImage {
-        manifest: Descriptor::new(media_type::OCI_MANIFEST, manifest_digest, manifest_json.len() as u64),
+        manifest: Descriptor::new(
+            media_type::OCI_MANIFEST,
+            manifest_digest,
+            manifest_json.len() as u64,
+        ),
         config_digest,
         config,
     })
 }
-

@@ -49,7 +49,11 @@ impl ContentStore {
     pub fn ingest(&self) -> io::Result<Ingest<'_>> {
         let file = NamedTempFile::new_in(&self.tmp)?;
         let writer = BufWriter::with_capacity(1 << 20, file);
-        Ok(Ingest { store: self, writer, hasher: Hasher::new() })
+        Ok(Ingest {
+            store: self,
+            writer,
+            hasher: Hasher::new(),
+        })
     }
 
     /// Deletes a blob; a missing blob is not an error.
@@ -97,13 +101,13 @@ impl Ingest<'_> {
     pub fn commit(self, expected: Option<&Digest>) -> io::Result<(Digest, u64)> {
         let size = self.hasher.len();
         let digest = self.hasher.finish();
-        if let Some(expected) = expected {
-            if *expected != digest {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("digest mismatch: expected {expected}, got {digest}"),
-                ));
-            }
+        if let Some(expected) = expected
+            && *expected != digest
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("digest mismatch: expected {expected}, got {digest}"),
+            ));
         }
         let file = self.writer.into_inner().map_err(|e| e.into_error())?;
         self.store.commit(file, &digest)?;
@@ -127,7 +131,10 @@ impl BlobStore for ContentStore {
     fn open(&self, digest: &Digest) -> io::Result<File> {
         File::open(self.path(digest)).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
-                io::Error::new(io::ErrorKind::NotFound, format!("blob {digest} not found in the content store"))
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("blob {digest} not found in the content store"),
+                )
             } else {
                 e
             }
@@ -139,13 +146,13 @@ impl BlobStore for ContentStore {
     }
 
     fn write(&self, reader: &mut dyn Read, expected: Option<&Digest>) -> io::Result<(Digest, u64)> {
-        if let Some(expected) = expected {
-            if self.contains(expected) {
-                // Still consume the input so callers streaming an archive
-                // stay positioned after this blob.
-                let size = io::copy(reader, &mut io::sink())?;
-                return Ok((*expected, size));
-            }
+        if let Some(expected) = expected
+            && self.contains(expected)
+        {
+            // Still consume the input so callers streaming an archive
+            // stay positioned after this blob.
+            let size = io::copy(reader, &mut io::sink())?;
+            return Ok((*expected, size));
         }
         let mut ingest = self.ingest()?;
         io::copy(reader, &mut ingest)?;

@@ -18,9 +18,16 @@ pub enum ImageStoreError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path} is corrupt: {source}")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{name}: image name in {path} is invalid: {source}")]
-    BadName { name: String, path: PathBuf, source: rbuild_oci::ReferenceError },
+    BadName {
+        name: String,
+        path: PathBuf,
+        source: rbuild_oci::ReferenceError,
+    },
 }
 
 /// One named image.
@@ -60,7 +67,10 @@ pub struct ImageStore {
 
 impl ImageStore {
     pub fn open(root: &Path) -> Result<ImageStore, ImageStoreError> {
-        let store = ImageStore { file: root.join("images.json"), lock: root.join("lock") };
+        let store = ImageStore {
+            file: root.join("images.json"),
+            lock: root.join("lock"),
+        };
         fs::create_dir_all(root).map_err(|source| store.io(root, source))?;
         Ok(store)
     }
@@ -109,7 +119,11 @@ impl ImageStore {
             .write(true)
             .open(&self.lock)
             .map_err(|source| self.io(&self.lock, source))?;
-        let locked = if exclusive { file.lock() } else { file.lock_shared() };
+        let locked = if exclusive {
+            file.lock()
+        } else {
+            file.lock_shared()
+        };
         locked.map_err(|source| self.io(&self.lock, source))?;
         // Unlocked when the file is closed.
         Ok(file)
@@ -121,17 +135,21 @@ impl ImageStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => return Err(self.io(&self.file, source)),
         };
-        let parsed: File_ = serde_json::from_slice(&bytes)
-            .map_err(|source| ImageStoreError::Corrupt { path: self.file.clone(), source })?;
+        let parsed: File_ =
+            serde_json::from_slice(&bytes).map_err(|source| ImageStoreError::Corrupt {
+                path: self.file.clone(),
+                source,
+            })?;
         parsed
             .images
             .into_iter()
             .map(|r| {
-                let name = Reference::parse(&r.name).map_err(|source| ImageStoreError::BadName {
-                    name: r.name.clone(),
-                    path: self.file.clone(),
-                    source,
-                })?;
+                let name =
+                    Reference::parse(&r.name).map_err(|source| ImageStoreError::BadName {
+                        name: r.name.clone(),
+                        path: self.file.clone(),
+                        source,
+                    })?;
                 Ok(ImageRecord {
                     name,
                     manifest: r.manifest,
@@ -169,7 +187,10 @@ impl ImageStore {
     }
 
     fn io(&self, path: &Path, source: io::Error) -> ImageStoreError {
-        ImageStoreError::Io { path: path.to_path_buf(), source }
+        ImageStoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -195,12 +216,30 @@ mod tests {
         store.put(record("b:1", 1)).unwrap();
         store.put(record("a:1", 2)).unwrap();
         store.put(record("b:1", 3)).unwrap();
-        let names: Vec<String> = store.list().unwrap().iter().map(|r| r.name.familiar()).collect();
+        let names: Vec<String> = store
+            .list()
+            .unwrap()
+            .iter()
+            .map(|r| r.name.familiar())
+            .collect();
         assert_eq!(names, ["a:1", "b:1"]);
-        let b = store.get(&Reference::parse("b:1").unwrap()).unwrap().unwrap();
+        let b = store
+            .get(&Reference::parse("b:1").unwrap())
+            .unwrap()
+            .unwrap();
         assert_eq!(b.config, Digest::of(&[3, 3]));
-        assert!(store.remove(&Reference::parse("a:1").unwrap()).unwrap().is_some());
-        assert!(store.remove(&Reference::parse("a:1").unwrap()).unwrap().is_none());
+        assert!(
+            store
+                .remove(&Reference::parse("a:1").unwrap())
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            store
+                .remove(&Reference::parse("a:1").unwrap())
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(store.list().unwrap().len(), 1);
     }
 

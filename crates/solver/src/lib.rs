@@ -27,11 +27,18 @@ pub struct Root {
 impl Root {
     /// Opens `path`, creating the layout on first use.
     pub fn open(path: &Path) -> Result<Root, ImageStoreError> {
-        let io_err = |source: io::Error| ImageStoreError::Io { path: path.to_path_buf(), source };
+        let io_err = |source: io::Error| ImageStoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         std::fs::create_dir_all(path).map_err(io_err)?;
         let content = ContentStore::open(path).map_err(io_err)?;
         let images = ImageStore::open(path)?;
-        Ok(Root { path: path.to_path_buf(), content, images })
+        Ok(Root {
+            path: path.to_path_buf(),
+            content,
+            images,
+        })
     }
 
     pub fn path(&self) -> &Path {
