@@ -47,7 +47,12 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
     let build_args = parse_build_args(&args.build_args)?;
 
     let (dockerfile_name, source) = read_dockerfile(context, args.file.as_deref())?;
-    let parsed = parser::parse(&source).map_err(|e| anyhow!("{dockerfile_name}: {e}"))?;
+    let parsed = parser::parse(&source).map_err(|e| {
+        // ParseError says "line N: ..."; errors read "Dockerfile:N: ...".
+        let text = e.to_string();
+        let message = text.split_once(": ").map_or(text.as_str(), |(_, m)| m);
+        anyhow!("{dockerfile_name}:{}: {message}", e.line())
+    })?;
     if !args.quiet {
         for warning in &parsed.warnings {
             eprintln!(
@@ -62,15 +67,8 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
         target: args.target.clone(),
         platform: Platform::host(),
     };
-    let plan = compile(&parsed, &options, &resolver).map_err(|e| {
-        anyhow!(
-            "{}",
-            e.render(&dockerfile_name)
-                .lines()
-                .next()
-                .unwrap_or_default()
-        )
-    })?;
+    let plan = compile(&parsed, &options, &resolver)
+        .map_err(|e| anyhow!("{}", e.render(&dockerfile_name)))?;
     if !args.quiet && !plan.unused_build_args.is_empty() {
         eprintln!(
             "warning: build-args {:?} were not consumed by any ARG",

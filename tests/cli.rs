@@ -338,3 +338,58 @@ fn bad_input_fails_cleanly() {
     ]);
     assert!(!dest.exists());
 }
+
+#[test]
+fn target_selects_a_stage_and_unused_stages_are_not_built() {
+    let env = Env::new();
+    let ctx = env.context(
+        "stages",
+        &[
+            (
+                "Dockerfile",
+                "ARG V=1\nFROM scratch AS one\nCOPY f /one\nCMD [\"x\"]\n\
+                 FROM one AS two\nARG V\nENTRYPOINT [\"/e\"]\nLABEL v=$V\n\
+                 FROM scratch AS broken\nCOPY does-not-exist /\n",
+            ),
+            ("f", "f\n"),
+        ],
+    );
+    // The last stage is the default target, and it is broken.
+    let err = env.fails(&[ctx.to_str().unwrap()]);
+    assert!(err.contains("Dockerfile:10: COPY failed"), "{err}");
+    env.ok(&[
+        "--target",
+        "two",
+        "-t",
+        "two:1",
+        "--build-arg",
+        "V=7",
+        ctx.to_str().unwrap(),
+    ]);
+    let two = json(&env.ok(&["inspect", "two:1"]));
+    assert_eq!(two[0]["config"]["Labels"]["v"], "7");
+    // ENTRYPOINT resets a CMD the stage inherited (BuildKit keeps only a
+    // CMD set earlier in the same stage).
+    assert_eq!(two[0]["config"]["Entrypoint"], serde_json::json!(["/e"]));
+    assert!(two[0]["config"]["Cmd"].is_null());
+    assert_eq!(two[0]["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
+    let err = env.fails(&["--target", "nope", ctx.to_str().unwrap()]);
+    assert!(
+        err.contains("target stage \"nope\" could not be found"),
+        "{err}"
+    );
+    // A build arg nothing uses is reported, not fatal.
+    let out = env
+        .rbuild()
+        .args([
+            "--target",
+            "one",
+            "--build-arg",
+            "UNUSED=1",
+            ctx.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_success(&out, "rbuild --build-arg UNUSED");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UNUSED"));
+}

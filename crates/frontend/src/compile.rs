@@ -62,8 +62,11 @@ pub fn compile(
                     Command::Arg(args) => {
                         for (name, default) in args {
                             let env = with_platform(&global_args, &platform_args);
-                            let value = arg_value(&lexer, inst, &name, default.as_deref(), &env, options, &mut used_args)?;
-                            set_pair(&mut global_args, &name, value.unwrap_or_default());
+                            let expanded = default.as_deref().map(|d| expand(&lexer, inst, d, &env)).transpose()?;
+                            // Declared without any value: unset, not empty.
+                            if let Some(value) = arg_value(&name, expanded, options, &mut used_args) {
+                                set_pair(&mut global_args, &name, value);
+                            }
                         }
                     }
                     _ => return Err(CompileError::at(inst, ErrorKind::Invalid("no build stage in current context: instructions other than ARG must come after FROM".into()))),
@@ -286,18 +289,21 @@ impl StageBuilder<'_> {
         match command {
             Command::From { .. } => unreachable_from(inst),
             Command::Arg(args) => {
+                // History records each ARG with its default as expanded,
+                // not the --build-arg value (BuildKit's dispatchArg).
+                let mut recorded = Vec::new();
                 for (name, default) in args {
                     let mut env = self.env();
                     env.extend(self.platform_args.iter().cloned());
-                    let mut value = arg_value(
-                        self.lexer,
-                        inst,
-                        name,
-                        default.as_deref(),
-                        &env,
-                        self.options,
-                        self.used_args,
-                    )?;
+                    let expanded_default = default
+                        .as_deref()
+                        .map(|d| expand(self.lexer, inst, d, &env))
+                        .transpose()?;
+                    recorded.push(match &expanded_default {
+                        Some(d) => format!("{name}={d}"),
+                        None => name.clone(),
+                    });
+                    let mut value = arg_value(name, expanded_default, self.options, self.used_args);
                     if value.is_none() {
                         // `ARG NAME` inherits the global ARG's value.
                         value = self
@@ -310,6 +316,7 @@ impl StageBuilder<'_> {
                     }
                     set_pair_opt(&mut self.args, name, value);
                 }
+                self.history(inst, format!("ARG {}", recorded.join(" ")), None);
                 Ok(())
             }
             Command::Env(pairs) | Command::Label(pairs) => {
@@ -433,7 +440,8 @@ impl StageBuilder<'_> {
                     path,
                     user: self.config.user.clone().filter(|u| !u.is_empty()),
                 });
-                self.history(inst, format!("WORKDIR {value}"), Some(op));
+                // BuildKit records the resolved absolute path.
+                self.history(inst, format!("WORKDIR {}", self.workdir()), Some(op));
                 Ok(())
             }
             Command::User(raw) => {
@@ -529,22 +537,19 @@ fn expand(
         .map_err(|e| CompileError::at(inst, ErrorKind::Expansion(e.to_string())))
 }
 
-/// The value an ARG takes: the build arg when given, else its default
-/// expanded, else None (declared without a value).
+/// The value an ARG takes: the build arg when given, else its (already
+/// expanded) default, else None (declared without a value).
 fn arg_value(
-    lexer: &Lexer,
-    inst: &Instruction,
     name: &str,
-    default: Option<&str>,
-    env: &[(String, String)],
+    expanded_default: Option<String>,
     options: &CompileOptions,
     used: &mut BTreeSet<String>,
-) -> Result<Option<String>, CompileError> {
+) -> Option<String> {
     if let Some(v) = options.build_args.get(name) {
         used.insert(name.to_string());
-        return Ok(Some(v.clone()));
+        return Some(v.clone());
     }
-    default.map(|d| expand(lexer, inst, d, env)).transpose()
+    expanded_default
 }
 
 fn set_pair(pairs: &mut Vec<(String, String)>, key: &str, value: String) {

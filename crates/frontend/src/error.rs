@@ -90,16 +90,11 @@ impl CompileError {
         }
     }
 
-    /// Formats as `FILE:LINE: message` with the offending line below.
+    /// Formats as `FILE:LINE: message`.
     pub fn render(&self, file: &str) -> String {
-        match (self.line, &self.text) {
-            (Some(line), Some(text)) => format!(
-                "{file}:{line}: {}\n  {line} | {}",
-                self.kind,
-                text.trim_end()
-            ),
-            (Some(line), None) => format!("{file}:{line}: {}", self.kind),
-            _ => format!("{file}: {}", self.kind),
+        match self.line {
+            Some(line) => format!("{file}:{line}: {}", self.kind),
+            None => format!("{file}: {}", self.kind),
         }
     }
 }

@@ -1,0 +1,279 @@
+//! The same Dockerfile built by BuildKit (the Docker engine on this machine)
+//! and by rbuild must give the same image: runtime config, history, and
+//! every file of the root filesystem with its type, mode, owner, content
+//! and (for copied files) mtime.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+const DOCKERFILE: &str = r#"ARG BASE=busybox
+ARG PORT=8080
+FROM ${BASE} AS base
+ARG PORT
+ENV APP_HOME=/srv/app \
+    PORT=${PORT}
+ENV LEGACY value with spaces
+LABEL org.example.name="demo" version=1.0
+COPY --chown=app:staff files/ ${APP_HOME}/
+COPY --chmod=0750 run.sh /usr/local/bin/
+COPY files/*.txt /data/
+USER app
+WORKDIR $APP_HOME/work
+WORKDIR sub
+
+FROM base AS final
+COPY --chown=1234 files/a.txt one.txt
+SHELL ["/bin/sh", "-ec"]
+CMD echo "port $PORT"
+ENTRYPOINT ["/usr/local/bin/run.sh"]
+EXPOSE ${PORT} 9000-9001/udp
+VOLUME ["/var/data", "/cache"]
+STOPSIGNAL SIGQUIT
+MAINTAINER someone@example.com
+"#;
+
+#[test]
+fn rbuild_and_buildkit_build_the_same_image() {
+    if !(require_busybox() && require_docker()) {
+        return;
+    }
+    let env = Env::new();
+    env.load_busybox();
+    let ctx = env.context(
+        "ctx",
+        &[
+            ("Dockerfile", DOCKERFILE),
+            ("files/a.txt", "alpha\n"),
+            ("files/b.txt", "beta\n"),
+            ("files/nested/deep/c.bin", "\u{1}\u{2}\u{3}"),
+            ("run.sh", "#!/bin/sh\nexec \"$@\"\n"),
+        ],
+    );
+    std::os::unix::fs::symlink("a.txt", ctx.join("files/link-to-a")).unwrap();
+    // Identical, old mtimes on both sides' inputs.
+    run(
+        Command::new("touch")
+            .args(["-h", "-d", "2020-02-02 02:02:02", "-r", "/dev/null"])
+            .arg("--")
+            .args(walk(&ctx)),
+        "touch",
+    );
+    run(
+        Command::new("touch")
+            .args(["-h", "-d", "2020-02-02 02:02:02"])
+            .args(walk(&ctx)),
+        "touch",
+    );
+
+    // The base image in the engine, under the name the Dockerfile uses.
+    let layout = busybox_layout().unwrap();
+    let bb = Command::new("tar")
+        .arg("-C")
+        .arg(layout)
+        .args(["-c", "."])
+        .output()
+        .unwrap();
+    let mut load = docker()
+        .args(["load"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(load.stdin.as_mut().unwrap(), &bb.stdout).unwrap();
+    assert_success(&load.wait_with_output().unwrap(), "docker load busybox");
+
+    let tag = unique_tag("reference");
+    let _cleanup = DockerImages(vec![tag.clone()]);
+    run(
+        docker()
+            .args(["build", "--network=none", "-q", "-t", &tag])
+            .arg(&ctx),
+        "docker build",
+    );
+    let docker_save = env.path("docker.tar");
+    run(
+        docker().args(["save", "-o", docker_save.to_str().unwrap(), &tag]),
+        "docker save",
+    );
+    let theirs = config_from_docker_save(&docker_save);
+    let container = run(docker().args(["create", &tag]), "docker create")
+        .trim()
+        .to_string();
+    let docker_fs = env.path("docker-fs.tar");
+    run(
+        docker().args(["export", "-o", docker_fs.to_str().unwrap(), &container]),
+        "docker export",
+    );
+    let _ = docker().args(["rm", &container]).output();
+
+    env.ok(&["-t", "ours:v1", ctx.to_str().unwrap()]);
+    let ours = json(&env.ok(&["inspect", "ours:v1"]))[0].clone();
+    let our_fs = env.path("our-fs.tar");
+    env.ok(&[
+        "-o",
+        &format!("type=tar,dest={}", our_fs.display()),
+        ctx.to_str().unwrap(),
+    ]);
+
+    // Runtime config. (Docker 20.10's BuildKit adds ArgsEscaped, which
+    // current BuildKit only sets on Windows.)
+    for key in [
+        "Env",
+        "Cmd",
+        "Entrypoint",
+        "WorkingDir",
+        "User",
+        "ExposedPorts",
+        "Volumes",
+        "Labels",
+        "StopSignal",
+        "Shell",
+    ] {
+        assert_eq!(ours["config"][key], theirs["config"][key], "config.{key}");
+    }
+    assert_eq!(ours["author"], theirs["author"]);
+    // History: same instructions recorded the same way.
+    let history = |c: &Value| -> Vec<(String, bool)> {
+        c["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["created_by"].as_str().unwrap_or("").to_string(),
+                    h["empty_layer"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(history(&ours), history(&theirs));
+
+    // The root filesystems. Docker's export adds its own runtime files and
+    // directories get the build's time, so those are left out of the
+    // comparison; everything else must agree.
+    let mut theirs_fs = tree(&docker_fs);
+    for runtime in [
+        ".dockerenv",
+        "etc/hostname",
+        "etc/hosts",
+        "etc/resolv.conf",
+        "dev",
+        "proc",
+        "sys",
+        "etc/mtab",
+    ] {
+        theirs_fs.retain(|path, _| path != runtime && !path.starts_with(&format!("{runtime}/")));
+    }
+    let ours_fs = tree(&our_fs);
+    let only_theirs: Vec<&String> = theirs_fs
+        .keys()
+        .filter(|k| !ours_fs.contains_key(*k))
+        .collect();
+    let only_ours: Vec<&String> = ours_fs
+        .keys()
+        .filter(|k| !theirs_fs.contains_key(*k))
+        .collect();
+    assert!(
+        only_theirs.is_empty() && only_ours.is_empty(),
+        "only in docker's: {only_theirs:?}\nonly in ours: {only_ours:?}"
+    );
+    for (path, theirs) in &theirs_fs {
+        assert_eq!(&ours_fs[path], theirs, "{path}");
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() && !path.is_symlink() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn config_from_docker_save(path: &std::path::Path) -> Value {
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".json") || name.starts_with("blobs/") {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).unwrap();
+            files.insert(name, bytes);
+        }
+    }
+    let manifest = json(std::str::from_utf8(&files["manifest.json"]).unwrap());
+    let config = manifest[0]["Config"].as_str().unwrap();
+    json(std::str::from_utf8(&files[config]).unwrap())
+}
+
+/// What the comparison looks at for each path of a rootfs tarball.
+#[derive(Debug, PartialEq)]
+struct Node {
+    kind: String,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    /// File content digest or link target.
+    content: String,
+    /// Files' mtimes (copied files keep theirs); directories' vary by build.
+    mtime: Option<u64>,
+}
+
+fn tree(path: &std::path::Path) -> BTreeMap<String, Node> {
+    use sha2::Digest;
+    let mut out = BTreeMap::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        if name.is_empty() {
+            continue;
+        }
+        let header = entry.header().clone();
+        let kind = format!("{:?}", header.entry_type());
+        let content = match header.entry_type() {
+            tar::EntryType::Regular => {
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).unwrap();
+                format!("{:x}", sha2::Sha256::digest(&bytes))
+            }
+            tar::EntryType::Symlink | tar::EntryType::Link => entry
+                .link_name()
+                .unwrap()
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        let is_dir = header.entry_type() == tar::EntryType::Directory;
+        out.insert(
+            name,
+            Node {
+                kind,
+                mode: header.mode().unwrap() & 0o7777,
+                uid: header.uid().unwrap(),
+                gid: header.gid().unwrap(),
+                content,
+                mtime: (!is_dir).then(|| header.mtime().unwrap()),
+            },
+        );
+    }
+    out
+}
