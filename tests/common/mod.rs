@@ -120,16 +120,30 @@ pub fn require_command(cmd: &str) -> bool {
     have_command(cmd) || missing(&format!("{cmd} is not installed (see .ci/run)"))
 }
 
-/// The busybox OCI layout, built once per test binary.
+/// The busybox OCI layout, built once and kept in cargo's per-target
+/// scratch directory (so nothing is left in /tmp). The script is
+/// reproducible, so concurrent test binaries building it race harmlessly.
 pub fn busybox_layout() -> Option<&'static Path> {
     static LAYOUT: OnceLock<Option<PathBuf>> = OnceLock::new();
     LAYOUT
         .get_or_init(|| {
-            let dir =
-                std::env::temp_dir().join(format!("rbuild-test-busybox-{}", std::process::id()));
+            let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
+            let dir = scratch.join("busybox-layout");
+            if dir.join("index.json").is_file() {
+                return Some(dir);
+            }
+            let building = scratch.join(format!("busybox-layout.{}", std::process::id()));
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/make-busybox.sh");
-            let out = Command::new("bash").arg(script).arg(&dir).output().ok()?;
-            out.status.success().then_some(dir)
+            let out = Command::new("bash").arg(script).arg(&building).output().ok()?;
+            if !out.status.success() {
+                let _ = std::fs::remove_dir_all(&building);
+                return None;
+            }
+            if std::fs::rename(&building, &dir).is_err() {
+                // Another test binary finished first.
+                let _ = std::fs::remove_dir_all(&building);
+            }
+            dir.join("index.json").is_file().then_some(dir)
         })
         .as_deref()
 }
