@@ -134,7 +134,11 @@ pub fn busybox_layout() -> Option<&'static Path> {
             }
             let building = scratch.join(format!("busybox-layout.{}", std::process::id()));
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/make-busybox.sh");
-            let out = Command::new("bash").arg(script).arg(&building).output().ok()?;
+            let out = Command::new("bash")
+                .arg(script)
+                .arg(&building)
+                .output()
+                .ok()?;
             if !out.status.success() {
                 let _ = std::fs::remove_dir_all(&building);
                 return None;

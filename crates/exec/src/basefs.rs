@@ -310,17 +310,8 @@ fn join(dir: &str, name: &str) -> String {
 
 /// A layer entry's name as a clean relative path; None for the root itself.
 fn normalize(raw: &str) -> Option<String> {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in raw.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    (!parts.is_empty()).then(|| parts.join("/"))
+    let path = rbuild_oci::path::clean(raw);
+    (!path.is_empty()).then_some(path)
 }
 
 /// Wraps a layer stream in a gzip decoder when it starts with gzip's magic.

@@ -69,7 +69,7 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Vec<Entry>, Co
     }
     // Resolve the destination through the base image's symlinks so entries
     // name real paths, as an overlay diff of the same copy would.
-    let dest_clean = clean_rel(spec.dest);
+    let dest_clean = rbuild_oci::path::clean(spec.dest);
     let dest = base.resolve_path(&dest_clean, true).unwrap_or(dest_clean);
 
     let mut out: BTreeMap<String, Entry> = BTreeMap::new();
@@ -183,22 +183,6 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
-/// A path cleaned of `.`, `..` (clamped at the root) and repeated slashes,
-/// relative, without a trailing slash.
-pub fn clean_rel(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    parts.join("/")
-}
-
 fn has_meta(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
@@ -206,7 +190,7 @@ fn has_meta(s: &str) -> bool {
 /// The host paths a source names, sorted. Symlinks are followed but must
 /// stay inside the context.
 fn find_sources(context_root: &Path, source: &str) -> Result<Vec<PathBuf>, CopyError> {
-    let cleaned = clean_rel(source);
+    let cleaned = rbuild_oci::path::clean(source);
     let mut candidates = vec![context_root.to_path_buf()];
     for component in cleaned.split('/').filter(|c| !c.is_empty()) {
         let mut next = Vec::new();

@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use rbuild_oci::{Digest, Hasher};
+use rbuild_oci::{Digest, HashingWriter};
 
 /// What one layer entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,30 +52,10 @@ pub struct LayerWriter<W: Write> {
     builder: tar::Builder<HashingWriter<W>>,
 }
 
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Hasher,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 impl<W: Write> LayerWriter<W> {
     pub fn new(out: W) -> LayerWriter<W> {
         LayerWriter {
-            builder: tar::Builder::new(HashingWriter {
-                inner: out,
-                hasher: Hasher::new(),
-            }),
+            builder: tar::Builder::new(HashingWriter::new(out)),
         }
     }
 
@@ -154,8 +134,7 @@ impl<W: Write> LayerWriter<W> {
     pub fn finish(self) -> io::Result<(Digest, u64, W)> {
         let mut out = self.builder.into_inner()?;
         out.flush()?;
-        let size = out.hasher.len();
-        Ok((out.hasher.finish(), size, out.inner))
+        Ok(out.finish())
     }
 }
 

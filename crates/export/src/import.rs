@@ -312,32 +312,19 @@ fn check_manifest(
     store: &dyn BlobStore,
     descriptor: &Descriptor,
 ) -> Result<(ImageConfig, Digest), ExportError> {
-    let digest = descriptor.digest;
-    let bytes = store
-        .read_all(&digest)
-        .map_err(ExportError::blob(&digest))?;
-    let manifest: Manifest = parse_json(&format!("manifest {digest}"), &bytes)?;
-    let config_digest = manifest.config.digest;
-    let bytes = store
-        .read_all(&config_digest)
-        .map_err(ExportError::blob(&config_digest))?;
-    let config: ImageConfig = parse_json(&format!("image config {config_digest}"), &bytes)?;
-    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+    let image = crate::load_image(store, descriptor.clone(), Vec::new())?;
+    if let Some(layer) = image
+        .manifest
+        .layers
+        .iter()
+        .find(|l| !store.contains(&l.digest))
+    {
         return Err(ExportError::Invalid(format!(
-            "manifest {digest}: {} layers but {} diff_ids",
-            manifest.layers.len(),
-            config.rootfs.diff_ids.len()
+            "manifest {}: layer {} is missing",
+            descriptor.digest, layer.digest
         )));
     }
-    for layer in &manifest.layers {
-        if !store.contains(&layer.digest) {
-            return Err(ExportError::Invalid(format!(
-                "manifest {digest}: layer {} is missing",
-                layer.digest
-            )));
-        }
-    }
-    Ok((config, config_digest))
+    Ok((image.config, image.manifest.config.digest))
 }
 
 #[derive(Deserialize)]

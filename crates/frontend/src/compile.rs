@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rbuild_oci::{History, Platform, RuntimeConfig};
 
 use crate::error::{CompileError, ErrorKind};
+use crate::goquote::go_quote;
 use crate::instructions::{self, Command, CommandLine};
 use crate::parser::{Dockerfile, Instruction};
 use crate::plan::{Base, CopyOp, CopySource, ImageResolver, MkdirOp, Op, Plan, Stage, Step};
@@ -603,17 +604,7 @@ fn absolute(workdir: &str, dest: &str) -> String {
 }
 
 fn clean_abs(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    format!("/{}", parts.join("/"))
+    format!("/{}", rbuild_oci::path::clean(path))
 }
 
 fn parse_chmod(s: &str) -> Option<u32> {
@@ -673,29 +664,4 @@ fn valid_signal(s: &str) -> bool {
 fn go_quoted_slice(items: &[String]) -> String {
     let quoted: Vec<String> = items.iter().map(|s| go_quote(s)).collect();
     format!("[{}]", quoted.join(" "))
-}
-
-/// Go's `strconv.Quote`.
-pub fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            '\x07' => out.push_str("\\a"),
-            '\x08' => out.push_str("\\b"),
-            '\x0c' => out.push_str("\\f"),
-            '\x0b' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }

@@ -8,6 +8,7 @@
 
 pub mod compile;
 mod error;
+mod goquote;
 pub mod instructions;
 pub mod parser;
 pub mod plan;

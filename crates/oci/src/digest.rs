@@ -145,6 +145,40 @@ impl Write for Hasher {
     }
 }
 
+/// A writer that hashes everything written through it, so the digest of
+/// a stream comes out of the same pass that stores it.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> HashingWriter<W> {
+        HashingWriter {
+            inner,
+            hasher: Hasher::new(),
+        }
+    }
+
+    /// The digest and size of what was written, and the inner writer.
+    pub fn finish(self) -> (Digest, u64, W) {
+        let size = self.hasher.len();
+        (self.hasher.finish(), size, self.inner)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,12 +8,13 @@
 mod blobs;
 mod digest;
 mod image;
+pub mod path;
 mod platform;
 mod reference;
 pub mod time;
 
 pub use blobs::BlobStore;
-pub use digest::{Digest, DigestError, Hasher};
+pub use digest::{Digest, DigestError, Hasher, HashingWriter};
 pub use image::{
     Descriptor, HealthConfig, History, ImageConfig, Index, Manifest, RootFs, RuntimeConfig,
     annotation, media_type,

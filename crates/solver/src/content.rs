@@ -16,7 +16,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use rbuild_oci::{BlobStore, Digest, Hasher};
+use rbuild_oci::{BlobStore, Digest, HashingWriter};
 use tempfile::NamedTempFile;
 
 #[derive(Debug, Clone)]
@@ -48,11 +48,10 @@ impl ContentStore {
     /// Starts writing a blob whose digest is known only at the end.
     pub fn ingest(&self) -> io::Result<Ingest<'_>> {
         let file = NamedTempFile::new_in(&self.tmp)?;
-        let writer = BufWriter::with_capacity(1 << 20, file);
+        let writer = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
         Ok(Ingest {
             store: self,
             writer,
-            hasher: Hasher::new(),
         })
     }
 
@@ -92,15 +91,13 @@ impl ContentStore {
 /// A blob being written. Dropping it without [`Ingest::commit`] discards it.
 pub struct Ingest<'a> {
     store: &'a ContentStore,
-    writer: BufWriter<NamedTempFile>,
-    hasher: Hasher,
+    writer: HashingWriter<BufWriter<NamedTempFile>>,
 }
 
 impl Ingest<'_> {
     /// Finishes the blob, verifying it against `expected` when given.
     pub fn commit(self, expected: Option<&Digest>) -> io::Result<(Digest, u64)> {
-        let size = self.hasher.len();
-        let digest = self.hasher.finish();
+        let (digest, size, writer) = self.writer.finish();
         if let Some(expected) = expected
             && *expected != digest
         {
@@ -109,7 +106,7 @@ impl Ingest<'_> {
                 format!("digest mismatch: expected {expected}, got {digest}"),
             ));
         }
-        let file = self.writer.into_inner().map_err(|e| e.into_error())?;
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
         self.store.commit(file, &digest)?;
         Ok((digest, size))
     }
@@ -117,9 +114,7 @@ impl Ingest<'_> {
 
 impl Write for Ingest<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.writer.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
+        self.writer.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
