@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use rbuild_export::{Imported, import};
+use rbuild_export::{Imported, import, load_image};
 use rbuild_frontend::{ImageResolver, ResolvedImage};
-use rbuild_oci::{BlobStore, Digest, ImageConfig, Reference};
+use rbuild_oci::{Digest, Reference};
 use rbuild_solver::Root;
 
 /// A `--build-context NAME=oci-layout://PATH[:TAG|@DIGEST]`.
@@ -128,17 +128,12 @@ impl<'a> Resolver<'a> {
         let Some(record) = record else {
             return Ok(None);
         };
-        let bytes = self
-            .root
-            .content
-            .read_all(&record.config)
+        let image = load_image(&self.root.content, record.manifest, Vec::new())
             .map_err(|e| format!("{name}: {e}"))?;
-        let config: ImageConfig =
-            serde_json::from_slice(&bytes).map_err(|e| format!("{name}: image config: {e}"))?;
         Ok(Some(ResolvedImage {
             name: name.to_string(),
-            manifest: record.manifest,
-            config,
+            manifest: image.manifest_descriptor,
+            config: image.config,
         }))
     }
 }

@@ -17,6 +17,16 @@ fn docker_run(image: &str) -> String {
     )
 }
 
+/// Builds the app with `-o type=docker` and returns the tarball.
+fn build_docker_archive(env: &Env, tag: &str) -> std::path::PathBuf {
+    env.load_busybox();
+    let ctx = app_context(env);
+    let tar = env.path("app.tar");
+    let output = format!("type=docker,dest={}", tar.display());
+    env.ok(&["-t", tag, "-o", &output, ctx.to_str().unwrap()]);
+    tar
+}
+
 const EXPECTED: &str = "from rbuild\nhello world\n1000\n/app\n";
 
 #[test]
@@ -25,18 +35,9 @@ fn output_type_docker_loads_and_runs() {
         return;
     }
     let env = Env::new();
-    env.load_busybox();
-    let ctx = app_context(&env);
     let tag = unique_tag("output");
     let _cleanup = DockerImages(vec![tag.clone()]);
-    let tar = env.path("app.tar");
-    env.ok(&[
-        "-t",
-        &tag,
-        "-o",
-        &format!("type=docker,dest={}", tar.display()),
-        ctx.to_str().unwrap(),
-    ]);
+    let tar = build_docker_archive(&env, &tag);
     let loaded = run(
         docker().args(["load", "-i", tar.to_str().unwrap()]),
         "docker load",
@@ -86,18 +87,9 @@ fn docker_save_output_loads_into_rbuild() {
         return;
     }
     let env = Env::new();
-    env.load_busybox();
-    let ctx = app_context(&env);
     let tag = unique_tag("roundtrip");
     let _cleanup = DockerImages(vec![tag.clone()]);
-    let tar = env.path("app.tar");
-    env.ok(&[
-        "-t",
-        &tag,
-        "-o",
-        &format!("type=docker,dest={}", tar.display()),
-        ctx.to_str().unwrap(),
-    ]);
+    let tar = build_docker_archive(&env, &tag);
     run(
         docker().args(["load", "-i", tar.to_str().unwrap()]),
         "docker load",

@@ -21,23 +21,9 @@ pub fn load_image(
     names: Vec<Reference>,
 ) -> Result<ImageRef, ExportError> {
     let digest = manifest_descriptor.digest;
-    let bytes = store
-        .read_all(&digest)
-        .map_err(ExportError::blob(&digest))?;
-    let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|source| ExportError::Json {
-            what: format!("manifest {digest}"),
-            source,
-        })?;
+    let manifest: Manifest = read_json_blob(store, &digest, "manifest")?;
     let config_digest = manifest.config.digest;
-    let bytes = store
-        .read_all(&config_digest)
-        .map_err(ExportError::blob(&config_digest))?;
-    let config: ImageConfig =
-        serde_json::from_slice(&bytes).map_err(|source| ExportError::Json {
-            what: format!("image config {config_digest}"),
-            source,
-        })?;
+    let config: ImageConfig = read_json_blob(store, &config_digest, "image config")?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(ExportError::Invalid(format!(
             "image {digest}: {} layers but {} diff_ids in its config",
@@ -50,5 +36,18 @@ pub fn load_image(
         manifest_descriptor,
         manifest,
         config,
+    })
+}
+
+/// Reads and parses a JSON blob (a manifest, config or index).
+pub(crate) fn read_json_blob<T: serde::de::DeserializeOwned>(
+    store: &dyn BlobStore,
+    digest: &rbuild_oci::Digest,
+    what: &str,
+) -> Result<T, ExportError> {
+    let bytes = store.read_all(digest).map_err(ExportError::blob(digest))?;
+    serde_json::from_slice(&bytes).map_err(|source| ExportError::Json {
+        what: format!("{what} {digest}"),
+        source,
     })
 }

@@ -290,10 +290,7 @@ fn resolve_platform(
             descriptor.digest, descriptor.media_type
         )));
     }
-    let bytes = store
-        .read_all(&descriptor.digest)
-        .map_err(ExportError::blob(&descriptor.digest))?;
-    let index: Index = parse_json(&format!("index {}", descriptor.digest), &bytes)?;
+    let index: Index = crate::image::read_json_blob(store, &descriptor.digest, "index")?;
     let chosen = index
         .manifests
         .iter()
