@@ -126,21 +126,19 @@ fn maybe_json(rest: &str) -> Result<Arguments, InstructionError> {
     if rest.is_empty() {
         return Ok(Arguments::default());
     }
-    match json::parse_string_array(rest) {
-        Ok(args) => Ok(Arguments {
-            args,
-            json: true,
-            onbuild: None,
-        }),
-        Err(JsonError::NotStrings) => Err(InstructionError::NotStringArray),
-        Err(JsonError::NotArray | JsonError::Invalid) => {
-            Ok(Arguments::words(vec![rest.to_owned()]))
-        }
-    }
+    json_or_else(rest, |rest| vec![rest.to_owned()])
 }
 
 /// A JSON array of strings, or else whitespace-separated words.
 fn maybe_json_to_list(rest: &str) -> Result<Arguments, InstructionError> {
+    json_or_else(rest, whitespace_delimited)
+}
+
+/// A JSON string array, or `fallback(rest)` when `rest` is not JSON.
+fn json_or_else(
+    rest: &str,
+    fallback: impl FnOnce(&str) -> Vec<String>,
+) -> Result<Arguments, InstructionError> {
     match json::parse_string_array(rest) {
         Ok(args) => Ok(Arguments {
             args,
@@ -148,9 +146,7 @@ fn maybe_json_to_list(rest: &str) -> Result<Arguments, InstructionError> {
             onbuild: None,
         }),
         Err(JsonError::NotStrings) => Err(InstructionError::NotStringArray),
-        Err(JsonError::NotArray | JsonError::Invalid) => {
-            Ok(Arguments::words(whitespace_delimited(rest)))
-        }
+        Err(JsonError::NotArray | JsonError::Invalid) => Ok(Arguments::words(fallback(rest))),
     }
 }
 
