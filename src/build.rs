@@ -66,6 +66,7 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
         build_args,
         target: args.target.clone(),
         platform: Platform::host(),
+        context_excludes: Vec::new(),
     };
     let plan = compile(&parsed, &options, &resolver)
         .map_err(|e| anyhow!("{}", e.render(&dockerfile_name)))?;
@@ -88,6 +89,7 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
         &root.content,
         &BuildOptions {
             context,
+            scratch: &root.tmp_dir(),
             source_date_epoch,
         },
     )

@@ -46,10 +46,22 @@ pub struct CopySpec<'a> {
     pub chmod: Option<u32>,
     /// Modification time for directories the copy creates.
     pub created_dir_mtime: u64,
+    /// ADD: a local tar archive (plain or gzip) is extracted into `dest`.
+    pub unpack: bool,
+    /// Where extracted archives are kept until the layer is written.
+    pub scratch: &'a Path,
+}
+
+/// What a copy adds: the entries, and the scratch directories their file
+/// contents are read from (removed when this is dropped).
+pub struct Copied {
+    pub entries: Vec<Entry>,
+    _scratch: Vec<tempfile::TempDir>,
 }
 
 /// The layer entries a COPY adds on top of `base`, sorted, parents first.
-pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Vec<Entry>, CopyError> {
+pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Copied, CopyError> {
+    let mut scratch = Vec::new();
     let context_root = fs::canonicalize(spec.context).map_err(|source| CopyError::Io {
         path: spec.context.to_path_buf(),
         source,
@@ -91,6 +103,41 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Vec<Entry>, Co
                 finish_entry(&mut entry, &owner, spec.chmod);
                 out.insert(entry.path.clone(), entry);
             }
+        } else if spec.unpack && is_archive(host_path) {
+            // ADD extracts local archives into the destination directory,
+            // keeping the archive's owners unless --chown says otherwise.
+            let dir = tempfile::Builder::new()
+                .prefix("add-")
+                .tempdir_in(spec.scratch)
+                .map_err(|e| io_err(spec.scratch, e))?;
+            let archive = fs::File::open(host_path).map_err(|e| io_err(host_path, e))?;
+            crate::apply::apply_layer(dir.path(), archive)
+                .map_err(|e| io_err(host_path, io::Error::other(e.to_string())))?;
+            create_parents(&dest, base, &owner, spec, &mut out, true);
+            if !dest.is_empty() && !base.is_dir(&dest) && !out.contains_key(&dest) {
+                out.insert(
+                    dest.clone(),
+                    Entry {
+                        path: dest.clone(),
+                        kind: EntryKind::Directory,
+                        mode: 0o755,
+                        uid: u64::from(owner.uid),
+                        gid: u64::from(owner.gid),
+                        mtime: spec.created_dir_mtime,
+                    },
+                );
+            }
+            let entries = crate::layer::entries_of_tree(dir.path(), &dest)
+                .map_err(|e| io_err(host_path, e))?;
+            for mut entry in entries {
+                if spec.owner.is_some() {
+                    finish_entry(&mut entry, &owner, spec.chmod);
+                } else if let Some(mode) = spec.chmod {
+                    entry.mode = mode;
+                }
+                out.insert(entry.path.clone(), entry);
+            }
+            scratch.push(dir);
         } else {
             let name = host_path
                 .file_name()
@@ -116,7 +163,30 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Vec<Entry>, Co
             out.insert(target, entry);
         }
     }
-    Ok(out.into_values().collect())
+    Ok(Copied {
+        entries: out.into_values().collect(),
+        _scratch: scratch,
+    })
+}
+
+/// Whether a file is a tar archive, plain or gzip-compressed, as ADD
+/// recognizes them (other compressions are copied as they are).
+fn is_archive(path: &Path) -> bool {
+    let Ok(file) = fs::File::open(path) else {
+        return false;
+    };
+    let Ok(mut reader) = crate::basefs::decompress(file) else {
+        return false;
+    };
+    let mut header = [0u8; 512];
+    let mut filled = 0;
+    while filled < header.len() {
+        match io::Read::read(&mut reader, &mut header[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => filled += n,
+        }
+    }
+    filled == 512 && &header[257..262] == b"ustar"
 }
 
 fn finish_entry(entry: &mut Entry, owner: &Owner, chmod: Option<u32>) {
@@ -187,16 +257,22 @@ fn has_meta(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-/// The host paths a source names, sorted. Symlinks are followed but must
-/// stay inside the context.
-fn find_sources(context_root: &Path, source: &str) -> Result<Vec<PathBuf>, CopyError> {
+/// The host paths a source names, sorted. Paths are resolved inside
+/// `root` as if it were `/`: symlinks (in any component, the last one
+/// included, since COPY copies what a source name points to) never lead
+/// out of it, which matters for a context and for another stage's files.
+fn find_sources(root: &Path, source: &str) -> Result<Vec<PathBuf>, CopyError> {
     let cleaned = rbuild_oci::path::clean(source);
-    let mut candidates = vec![context_root.to_path_buf()];
+    // Candidates are paths relative to the root, resolved as we go.
+    let mut candidates = vec![String::new()];
     for component in cleaned.split('/').filter(|c| !c.is_empty()) {
         let mut next = Vec::new();
         for dir in &candidates {
             if has_meta(component) {
-                let Ok(read) = fs::read_dir(dir) else {
+                let Some(host_dir) = resolve_scoped(root, dir)? else {
+                    continue;
+                };
+                let Ok(read) = fs::read_dir(&host_dir) else {
                     continue;
                 };
                 let mut names: Vec<String> = read
@@ -207,23 +283,19 @@ fn find_sources(context_root: &Path, source: &str) -> Result<Vec<PathBuf>, CopyE
                     if glob_match(component, &name)
                         .map_err(|why| CopyError::BadPattern(source.to_string(), why))?
                     {
-                        next.push(dir.join(name));
+                        next.push(join(dir, &name));
                     }
                 }
             } else {
-                next.push(dir.join(component));
+                next.push(join(dir, component));
             }
         }
         candidates = next;
     }
     let mut found = Vec::new();
     for candidate in candidates {
-        // canonicalize follows symlinks; the result must stay in the context.
-        match fs::canonicalize(&candidate) {
-            Ok(real) if real.starts_with(context_root) => found.push(real),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&candidate, e)),
+        if let Some(host) = resolve_scoped(root, &candidate)? {
+            found.push(host);
         }
     }
     if found.is_empty() {
@@ -234,6 +306,44 @@ fn find_sources(context_root: &Path, source: &str) -> Result<Vec<PathBuf>, CopyE
         });
     }
     Ok(found)
+}
+
+/// Resolves `rel` inside `root`, following symlinks in every component;
+/// None when it does not exist.
+fn resolve_scoped(root: &Path, rel: &str) -> Result<Option<PathBuf>, CopyError> {
+    const MAX_LINKS: usize = 40;
+    let mut rel = rel.to_string();
+    for _ in 0..MAX_LINKS {
+        let host = crate::apply::resolve_in_root(root, Path::new(&rel))
+            .map_err(|e| io_err(root, io::Error::other(e.to_string())))?;
+        let meta = match fs::symlink_metadata(&host) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Ok(None),
+            Err(e) => return Err(io_err(&host, e)),
+        };
+        if !meta.file_type().is_symlink() {
+            return Ok(Some(host));
+        }
+        let target = fs::read_link(&host).map_err(|e| io_err(&host, e))?;
+        let target = target.to_string_lossy();
+        let resolved_rel = host
+            .strip_prefix(root)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        rel = if target.starts_with('/') {
+            target.into_owned()
+        } else {
+            let parent = resolved_rel.rsplit_once('/').map_or("", |(p, _)| p);
+            format!("{parent}/{target}")
+        };
+    }
+    Err(io_err(
+        root,
+        io::Error::other(format!(
+            "too many levels of symbolic links resolving {rel:?}"
+        )),
+    ))
 }
 
 /// Go's `filepath.Match` for one path component: `*`, `?`, `[class]` with
@@ -418,8 +528,10 @@ mod tests {
             owner: None,
             chmod: None,
             created_dir_mtime: 0,
+            unpack: false,
+            scratch: ctx.path(),
         };
-        let paths = |e: Vec<Entry>| e.into_iter().map(|e| e.path).collect::<Vec<_>>();
+        let paths = |c: Copied| c.entries.into_iter().map(|e| e.path).collect::<Vec<_>>();
 
         let one = vec!["a.txt".to_string()].leak();
         assert_eq!(

@@ -5,7 +5,7 @@
 //! can expand them with the environment in force at that point.
 
 use crate::error::{CompileError, ErrorKind};
-use crate::parser::Instruction;
+use crate::parser::{Heredoc, Instruction};
 
 /// An instruction's flags: `--name=value` or bare `--name`.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +84,20 @@ impl Flags {
     }
 }
 
+/// A COPY or ADD source: a path (or pattern), or an inline heredoc file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Path(String),
+    Heredoc(Heredoc),
+}
+
+/// `HEALTHCHECK [OPTIONS] CMD ...`.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub test: CommandLine,
+    pub flags: Flags,
+}
+
 /// CMD, ENTRYPOINT and RUN's two forms.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommandLine {
@@ -103,11 +117,22 @@ pub enum Command {
     Arg(Vec<(String, Option<String>)>),
     Env(Vec<(String, String)>),
     Label(Vec<(String, String)>),
+    /// COPY, or ADD when `add` is set.
     Copy {
-        sources: Vec<String>,
+        sources: Vec<Source>,
         dest: String,
         flags: Flags,
+        add: bool,
     },
+    Run {
+        line: CommandLine,
+        flags: Flags,
+        heredocs: Vec<Heredoc>,
+    },
+    /// `HEALTHCHECK NONE` is `None`.
+    Healthcheck(Option<Health>),
+    /// The trigger as written after `ONBUILD`.
+    Onbuild(String),
     Cmd(CommandLine),
     Entrypoint(CommandLine),
     Shell(Vec<String>),
@@ -117,8 +142,6 @@ pub enum Command {
     Volume(Vec<String>),
     StopSignal(String),
     Maintainer(String),
-    /// Recognized by the parser but not built by this version of rbuild.
-    Unsupported(String),
 }
 
 const KNOWN: &[&str] = &[
@@ -200,27 +223,149 @@ pub fn parse(inst: &Instruction) -> Result<Command, CompileError> {
                 Command::Label(pairs)
             }
         }
-        "copy" => {
-            let flags = Flags::parse(
-                inst,
-                &["from", "chown", "chmod", "link", "exclude", "parents"],
-            )?;
-            if !inst.heredocs.is_empty() {
-                return Ok(Command::Unsupported("COPY with a heredoc".into()));
-            }
+        "copy" | "add" => {
+            let add = kw == "add";
+            let allowed: &[&str] = if add {
+                &[
+                    "chown",
+                    "chmod",
+                    "link",
+                    "checksum",
+                    "keep-git-dir",
+                    "exclude",
+                    "parents",
+                    "unpack",
+                ]
+            } else {
+                &["from", "chown", "chmod", "link", "exclude", "parents"]
+            };
+            let flags = Flags::parse(inst, allowed)?;
             if inst.args.len() < 2 {
-                return Err(CompileError::at(inst, ErrorKind::Invalid("COPY requires at least two arguments, but only one was provided. Destination could not be determined".into())));
+                return Err(CompileError::at(
+                    inst,
+                    ErrorKind::Invalid(format!(
+                        "{} requires at least two arguments, but only one was provided. Destination could not be determined",
+                        kw.to_uppercase()
+                    )),
+                ));
             }
-            let (dest, sources) = inst
-                .args
-                .split_last()
-                .map(|(d, s)| (d.clone(), s.to_vec()))
-                .unwrap_or_default();
+            let Some((dest, sources)) = inst.args.split_last() else {
+                return Err(CompileError::at(
+                    inst,
+                    ErrorKind::Invalid(format!("{} requires arguments", kw.to_uppercase())),
+                ));
+            };
+            let sources = sources
+                .iter()
+                .map(|s| source(inst, s))
+                .collect::<Result<_, _>>()?;
             Command::Copy {
                 sources,
-                dest,
+                dest: dest.clone(),
                 flags,
+                add,
             }
+        }
+        "run" => {
+            let flags = Flags::parse(inst, &["mount", "network", "security"])?;
+            if inst.args.is_empty()
+                || (inst.args.len() == 1 && inst.args[0].trim().is_empty() && !inst.json)
+            {
+                return Err(CompileError::at(
+                    inst,
+                    ErrorKind::Invalid("RUN requires at least one argument".into()),
+                ));
+            }
+            Command::Run {
+                line: command_line(inst),
+                flags,
+                heredocs: inst.heredocs.clone(),
+            }
+        }
+        "healthcheck" => {
+            let flags = Flags::parse(
+                inst,
+                &[
+                    "interval",
+                    "timeout",
+                    "start-period",
+                    "start-interval",
+                    "retries",
+                ],
+            )?;
+            match inst.args.first().map(|a| a.to_ascii_uppercase()).as_deref() {
+                Some("NONE") => {
+                    if inst.args.len() > 1 {
+                        return Err(CompileError::at(
+                            inst,
+                            ErrorKind::Invalid("HEALTHCHECK NONE takes no arguments".into()),
+                        ));
+                    }
+                    if !flags.is_empty() {
+                        return Err(CompileError::at(
+                            inst,
+                            ErrorKind::Invalid("HEALTHCHECK NONE takes no options".into()),
+                        ));
+                    }
+                    Command::Healthcheck(None)
+                }
+                Some("CMD") if inst.args.len() > 1 => {
+                    let rest = Instruction {
+                        args: inst.args[1..].to_vec(),
+                        ..inst.clone()
+                    };
+                    Command::Healthcheck(Some(Health {
+                        test: command_line(&rest),
+                        flags,
+                    }))
+                }
+                Some("CMD") => {
+                    return Err(CompileError::at(
+                        inst,
+                        ErrorKind::Invalid("HEALTHCHECK CMD requires a command".into()),
+                    ));
+                }
+                _ => {
+                    return Err(CompileError::at(
+                        inst,
+                        ErrorKind::Invalid(
+                            "HEALTHCHECK expects CMD or NONE as its first argument".into(),
+                        ),
+                    ));
+                }
+            }
+        }
+        "onbuild" => {
+            no_flags(inst)?;
+            let Some(trigger) = &inst.onbuild else {
+                return Err(CompileError::at(
+                    inst,
+                    ErrorKind::Invalid("ONBUILD requires at least one argument".into()),
+                ));
+            };
+            match trigger.keyword.as_str() {
+                "onbuild" => {
+                    return Err(CompileError::at(
+                        inst,
+                        ErrorKind::Invalid(
+                            "chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed".into(),
+                        ),
+                    ));
+                }
+                "from" | "maintainer" => {
+                    return Err(CompileError::at(
+                        inst,
+                        ErrorKind::Invalid(format!(
+                            "{} isn't allowed as an ONBUILD trigger",
+                            trigger.keyword.to_uppercase()
+                        )),
+                    ));
+                }
+                _ => {}
+            }
+            // The trigger must itself be a valid instruction.
+            parse(trigger)?;
+            Command::Onbuild(trigger.original.clone())
         }
         "cmd" | "entrypoint" => {
             no_flags(inst)?;
@@ -279,7 +424,6 @@ pub fn parse(inst: &Instruction) -> Result<Command, CompileError> {
                 Command::Volume(inst.args.clone())
             }
         }
-        "run" | "add" | "healthcheck" | "onbuild" => Command::Unsupported(kw.to_uppercase()),
         _ => {
             return Err(CompileError::at(
                 inst,
@@ -309,6 +453,19 @@ fn triples(inst: &Instruction) -> Result<Vec<(String, String)>, CompileError> {
         .chunks(3)
         .map(|c| (c[0].clone(), c[1].clone()))
         .collect())
+}
+
+/// A source word: `<<name` names one of the instruction's heredocs.
+fn source(inst: &Instruction, word: &str) -> Result<Source, CompileError> {
+    if let Some(name) = word.strip_prefix("<<") {
+        let name = name
+            .trim_start_matches('-')
+            .trim_matches(|c| c == '"' || c == '\'');
+        if let Some(doc) = inst.heredocs.iter().find(|h| h.name == name) {
+            return Ok(Source::Heredoc(doc.clone()));
+        }
+    }
+    Ok(Source::Path(word.to_string()))
 }
 
 fn command_line(inst: &Instruction) -> CommandLine {

@@ -1,14 +1,15 @@
-//! Running a plan: each stage starts from its base's layers, each COPY or
-//! WORKDIR that changes files adds a layer, and the stage's config,
-//! manifest and layers end up in the content store.
+//! Running a plan: each stage starts from its base's layers, and each graph
+//! node a step names (COPY, ADD, WORKDIR, ...) adds the layer of its change;
+//! the target's config, manifest and layers end up in the content store.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rbuild_exec::basefs::{BaseFs, Owner, UserError};
 use rbuild_exec::copy::{CopyError, CopySpec, copy_entries};
 use rbuild_exec::layer::{Entry, EntryKind, LayerWriter};
-use rbuild_frontend::{Base, CopySource, MkdirOp, Op, Plan};
+use rbuild_frontend::{Base, CopyOp, Graph, MkdirOp, NodeId, Op, Plan};
 use rbuild_oci::{
     BlobStore, Descriptor, Digest, ImageConfig, Manifest, media_type, time::format_rfc3339,
 };
@@ -17,18 +18,26 @@ use crate::ContentStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("line {line}: COPY failed: {source}")]
-    Copy { line: usize, source: CopyError },
+    #[error("line {line}: {what} failed: {source}")]
+    Copy {
+        line: usize,
+        what: &'static str,
+        source: CopyError,
+    },
     #[error("line {line}: {source}")]
     User { line: usize, source: UserError },
     #[error("line {line}: writing the layer: {source}")]
     Layer { line: usize, source: std::io::Error },
-    #[error("reading base image {name}: {source}")]
+    #[error("line {line}: {what} is not supported by this version of rbuild yet")]
+    Unsupported { line: usize, what: String },
+    #[error("line {line}: preparing the files to copy: {source}")]
+    Source { line: usize, source: std::io::Error },
+    #[error("reading image {name}: {source}")]
     Base {
         name: String,
         source: rbuild_export::ExportError,
     },
-    #[error("reading base image {name}: layer {digest}: {source}")]
+    #[error("reading image {name}: layer {digest}: {source}")]
     BaseLayer {
         name: String,
         digest: Digest,
@@ -46,7 +55,9 @@ impl BuildError {
         match self {
             BuildError::Copy { line, .. }
             | BuildError::User { line, .. }
-            | BuildError::Layer { line, .. } => Some(*line),
+            | BuildError::Layer { line, .. }
+            | BuildError::Unsupported { line, .. }
+            | BuildError::Source { line, .. } => Some(*line),
             _ => None,
         }
     }
@@ -57,6 +68,8 @@ impl BuildError {
 pub struct BuildOptions<'a> {
     /// The build context directory.
     pub context: &'a Path,
+    /// Where short-lived files go (the root's tmp directory).
+    pub scratch: &'a Path,
     /// `SOURCE_DATE_EPOCH`: when set, the image and history times and the
     /// times of directories the build creates.
     pub source_date_epoch: Option<u64>,
@@ -70,14 +83,6 @@ pub struct BuiltImage {
     pub config: ImageConfig,
 }
 
-/// One stage's filesystem and history as the build goes.
-#[derive(Clone)]
-struct State {
-    layers: Vec<Descriptor>,
-    config: ImageConfig,
-    fs: Option<BaseFs>,
-}
-
 /// Builds the plan's target (its last stage).
 pub fn build(
     plan: &Plan,
@@ -89,130 +94,263 @@ pub fn build(
         None => SystemTime::now(),
     };
     let created = format_rfc3339(now);
-    let dir_mtime = options.source_date_epoch.unwrap_or(0);
-    let mut built: Vec<State> = Vec::with_capacity(plan.stages.len());
+    let mut run = Run {
+        graph: &plan.graph,
+        store,
+        options,
+        dir_mtime: options.source_date_epoch.unwrap_or(0),
+        layers: HashMap::new(),
+    };
+    let mut configs: Vec<ImageConfig> = Vec::with_capacity(plan.stages.len());
     for stage in &plan.stages {
-        let mut state = match &stage.base {
-            Base::Scratch => State {
-                layers: Vec::new(),
-                config: ImageConfig::scratch(&stage.platform),
-                fs: Some(BaseFs::empty()),
-            },
-            Base::Stage(i) => built[*i].clone(),
-            Base::Image(image) => {
-                let loaded = rbuild_export::load_image(store, image.manifest.clone(), Vec::new())
-                    .map_err(|source| BuildError::Base {
-                    name: image.name.clone(),
-                    source,
-                })?;
-                State {
-                    layers: loaded.manifest.layers,
-                    config: loaded.config,
-                    fs: None,
-                }
-            }
+        let mut config = match &stage.base {
+            Base::Scratch => ImageConfig::scratch(&stage.platform),
+            Base::Stage(i) => configs[*i].clone(),
+            Base::Image(image) => image.config.clone(),
         };
-        let base_name = match &stage.base {
-            Base::Image(image) => image.name.clone(),
-            _ => String::from("(stage)"),
-        };
+        let mut layers = run.layers_of(stage.root)?;
+        let mut fs: Option<BaseFs> = None;
         for step in &stage.steps {
             let mut history = step.history.clone();
             history.created = Some(created.clone());
-            if let Some(op) = &step.op {
-                let fs = ensure_fs(&mut state, store, &base_name)?;
-                let entries = match op {
-                    Op::Copy(copy) => {
-                        let CopySource::Context = copy.from;
-                        let owner = copy
-                            .chown
-                            .as_deref()
-                            .map(|spec| fs.owner(spec))
-                            .transpose()
-                            .map_err(|source| BuildError::User {
-                                line: step.line,
-                                source,
-                            })?;
-                        let spec = CopySpec {
-                            context: options.context,
-                            sources: &copy.sources,
-                            dest: &copy.dest,
-                            owner,
-                            chmod: copy.chmod,
-                            created_dir_mtime: dir_mtime,
-                        };
-                        copy_entries(&spec, fs).map_err(|source| BuildError::Copy {
-                            line: step.line,
-                            source,
-                        })?
-                    }
-                    Op::Mkdir(mkdir) => {
-                        mkdir_entries(mkdir, fs, dir_mtime).map_err(|source| BuildError::User {
-                            line: step.line,
-                            source,
-                        })?
-                    }
-                };
-                if entries.is_empty() {
-                    history.empty_layer = true;
+            if let Some(node) = step.node {
+                if let Some((layer, diff_id)) = run.execute(node, &layers, &mut fs)? {
+                    layers.push(layer);
+                    config.rootfs.diff_ids.push(diff_id);
                 } else {
-                    let (descriptor, diff_id) =
-                        write_layer(store, &entries).map_err(|source| BuildError::Layer {
-                            line: step.line,
-                            source,
-                        })?;
-                    let layer =
-                        store
-                            .open(&descriptor.digest)
-                            .map_err(|source| BuildError::Layer {
-                                line: step.line,
-                                source,
-                            })?;
-                    fs.apply_layer(layer).map_err(|source| BuildError::Layer {
-                        line: step.line,
-                        source,
-                    })?;
-                    state.layers.push(descriptor);
-                    state.config.rootfs.diff_ids.push(diff_id);
+                    history.empty_layer = true;
                 }
+                run.layers.insert(node, layers.clone());
             }
-            state.config.history.push(history);
+            config.history.push(history);
         }
-        state.config.config = stage.config.clone();
-        state.config.author = stage.author.clone();
-        state.config.created = Some(created.clone());
-        built.push(state);
+        config.config = stage.config.clone();
+        config.author = stage.author.clone();
+        config.created = Some(created.clone());
+        configs.push(config);
     }
-    let target = built.pop().ok_or(BuildError::Empty)?;
-    store_image(store, target.config, target.layers)
+    let target = configs.pop().ok_or(BuildError::Empty)?;
+    let target_layers = match plan.target() {
+        Some(stage) => run.layers_of(stage.state)?,
+        None => return Err(BuildError::Empty),
+    };
+    store_image(store, target, target_layers)
 }
 
-/// The base filesystem view, read from the layers on first use.
-fn ensure_fs<'s>(
-    state: &'s mut State,
-    store: &ContentStore,
-    name: &str,
-) -> Result<&'s mut BaseFs, BuildError> {
-    if state.fs.is_none() {
-        let mut fs = BaseFs::empty();
-        for layer in &state.layers {
-            let file = store
-                .open(&layer.digest)
-                .map_err(|source| BuildError::BaseLayer {
-                    name: name.to_string(),
-                    digest: layer.digest,
-                    source,
-                })?;
-            fs.apply_layer(file)
-                .map_err(|source| BuildError::BaseLayer {
-                    name: name.to_string(),
-                    digest: layer.digest,
-                    source,
-                })?;
+/// One build's execution state.
+struct Run<'a> {
+    graph: &'a Graph,
+    store: &'a ContentStore,
+    options: &'a BuildOptions<'a>,
+    dir_mtime: u64,
+    /// The layers of every filesystem node built so far.
+    layers: HashMap<NodeId, Vec<Descriptor>>,
+}
+
+impl Run<'_> {
+    /// The layers that make up a filesystem node.
+    fn layers_of(&mut self, node: NodeId) -> Result<Vec<Descriptor>, BuildError> {
+        if let Some(layers) = self.layers.get(&node) {
+            return Ok(layers.clone());
         }
-        state.fs = Some(fs);
+        let layers = match &self.graph.node(node).op {
+            Op::Scratch => Vec::new(),
+            Op::Image { name, manifest } => {
+                let size = self
+                    .store
+                    .size(manifest)
+                    .map_err(|source| BuildError::BaseLayer {
+                        name: name.clone(),
+                        digest: *manifest,
+                        source,
+                    })?;
+                let descriptor = Descriptor::new(media_type::OCI_MANIFEST, *manifest, size);
+                rbuild_export::load_image(self.store, descriptor, Vec::new())
+                    .map_err(|source| BuildError::Base {
+                        name: name.clone(),
+                        source,
+                    })?
+                    .manifest
+                    .layers
+            }
+            // Stages are built in order, so a step's node is always known.
+            _ => Vec::new(),
+        };
+        self.layers.insert(node, layers.clone());
+        Ok(layers)
     }
-    Ok(state.fs.get_or_insert_with(BaseFs::empty))
+
+    /// Runs one step's node on top of `layers`; returns its layer, if it
+    /// changed anything.
+    fn execute(
+        &mut self,
+        node: NodeId,
+        layers: &[Descriptor],
+        fs: &mut Option<BaseFs>,
+    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+        let graph_node = self.graph.node(node);
+        let line = graph_node.line.unwrap_or(0);
+        if fs.is_none() {
+            *fs = Some(self.read_fs(layers)?);
+        }
+        let Some(base_fs) = fs.as_mut() else {
+            return Ok(None);
+        };
+        let entries = match &graph_node.op {
+            Op::Copy(copy) => return self.copy_layer(copy, base_fs, line),
+            Op::Mkdir(mkdir) => mkdir_entries(mkdir, base_fs, self.dir_mtime)
+                .map_err(|source| BuildError::User { line, source })?,
+            Op::Exec(_) => {
+                return Err(BuildError::Unsupported {
+                    line,
+                    what: "RUN (it needs the container executor)".into(),
+                });
+            }
+            other => {
+                return Err(BuildError::Unsupported {
+                    line,
+                    what: format!("a step of kind {other:?}"),
+                });
+            }
+        };
+        self.commit_layer(&entries, base_fs, line)
+    }
+
+    /// Writes `entries` as a layer and records it in the base view; None
+    /// when there is nothing to write.
+    fn commit_layer(
+        &self,
+        entries: &[Entry],
+        base_fs: &mut BaseFs,
+        line: usize,
+    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let (descriptor, diff_id) = write_layer(self.store, entries)
+            .map_err(|source| BuildError::Layer { line, source })?;
+        let layer = self
+            .store
+            .open(&descriptor.digest)
+            .map_err(|source| BuildError::Layer { line, source })?;
+        base_fs
+            .apply_layer(layer)
+            .map_err(|source| BuildError::Layer { line, source })?;
+        Ok(Some((descriptor, diff_id)))
+    }
+
+    /// The base filesystem view, read from layer headers.
+    fn read_fs(&self, layers: &[Descriptor]) -> Result<BaseFs, BuildError> {
+        let mut fs = BaseFs::empty();
+        for layer in layers {
+            let err = |source| BuildError::BaseLayer {
+                name: "base".into(),
+                digest: layer.digest,
+                source,
+            };
+            let file = self.store.open(&layer.digest).map_err(err)?;
+            fs.apply_layer(file).map_err(err)?;
+        }
+        Ok(fs)
+    }
+
+    /// A COPY or ADD's layer.
+    fn copy_layer(
+        &mut self,
+        copy: &CopyOp,
+        base_fs: &mut BaseFs,
+        line: usize,
+    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+        let what = if copy.unpack { "ADD" } else { "COPY" };
+        let owner = copy
+            .chown
+            .as_deref()
+            .map(|spec| base_fs.owner(spec))
+            .transpose()
+            .map_err(|source| BuildError::User { line, source })?;
+        // The source files as a directory on this machine.
+        let source_dir: SourceDir = match &self.graph.node(copy.source).op {
+            Op::Context(_) => SourceDir::Borrowed(self.options.context.to_path_buf()),
+            Op::Inline(files) => {
+                let dir = ScratchDir::new(self.options.scratch)
+                    .map_err(|source| BuildError::Source { line, source })?;
+                for (name, content) in files {
+                    std::fs::write(dir.path.join(name), content)
+                        .map_err(|source| BuildError::Source { line, source })?;
+                }
+                SourceDir::Owned(dir)
+            }
+            _ => {
+                let layers = self.layers_of(copy.source)?;
+                SourceDir::Owned(self.materialize(&layers, line)?)
+            }
+        };
+        let spec = CopySpec {
+            context: source_dir.path(),
+            sources: &copy.sources,
+            dest: &copy.dest,
+            owner,
+            chmod: copy.chmod,
+            created_dir_mtime: self.dir_mtime,
+            unpack: copy.unpack,
+            scratch: self.options.scratch,
+        };
+        let copied = copy_entries(&spec, base_fs).map_err(|source| BuildError::Copy {
+            line,
+            what,
+            source,
+        })?;
+        self.commit_layer(&copied.entries, base_fs, line)
+    }
+
+    /// Applies `layers` into a fresh scratch directory.
+    fn materialize(&self, layers: &[Descriptor], line: usize) -> Result<ScratchDir, BuildError> {
+        let dir = ScratchDir::new(self.options.scratch)
+            .map_err(|source| BuildError::Source { line, source })?;
+        for layer in layers {
+            let file = self
+                .store
+                .open(&layer.digest)
+                .map_err(|source| BuildError::Source { line, source })?;
+            rbuild_exec::apply::apply_layer(&dir.path, file).map_err(|e| BuildError::Source {
+                line,
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
+        Ok(dir)
+    }
+}
+
+/// Where a copy reads from: the context as it is, or a scratch copy.
+enum SourceDir {
+    Borrowed(PathBuf),
+    Owned(ScratchDir),
+}
+
+impl SourceDir {
+    fn path(&self) -> &Path {
+        match self {
+            SourceDir::Borrowed(p) => p,
+            SourceDir::Owned(d) => &d.path,
+        }
+    }
+}
+
+/// A directory under the root's tmp, removed when dropped.
+struct ScratchDir {
+    path: PathBuf,
+    _guard: tempfile::TempDir,
+}
+
+impl ScratchDir {
+    fn new(parent: &Path) -> std::io::Result<ScratchDir> {
+        std::fs::create_dir_all(parent)?;
+        let guard = tempfile::Builder::new().prefix("src-").tempdir_in(parent)?;
+        Ok(ScratchDir {
+            path: guard.path().to_path_buf(),
+            _guard: guard,
+        })
+    }
 }
 
 /// WORKDIR creates its missing directories, owned by the stage's USER.
