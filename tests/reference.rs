@@ -38,6 +38,26 @@ STOPSIGNAL SIGQUIT
 MAINTAINER someone@example.com
 "#;
 
+const ADVANCED: &str = r#"FROM busybox AS files
+COPY --chown=app files/ /files/
+WORKDIR /files/extra
+
+FROM scratch
+COPY plain.txt /from-index.txt
+
+FROM busybox AS final
+COPY --from=files /files/ /copied/
+COPY --from=1 /from-index.txt /index.txt
+COPY --from=files /bin/sh /sh-copy
+ADD arch.tar.gz /unpacked/
+ADD plain.txt /added.txt
+HEALTHCHECK --interval=30s --timeout=5s --retries=3 CMD ["/bin/true"]
+ONBUILD COPY plain.txt /onbuild.txt
+ONBUILD LABEL triggered=yes
+"#;
+
+const CHILD: &str = "FROM PARENT\nLABEL child=1\nHEALTHCHECK NONE\n";
+
 #[test]
 fn rbuild_and_buildkit_build_the_same_image() {
     if !(require_busybox() && require_docker()) {
@@ -56,22 +76,77 @@ fn rbuild_and_buildkit_build_the_same_image() {
         ],
     );
     std::os::unix::fs::symlink("a.txt", ctx.join("files/link-to-a")).unwrap();
-    // Identical, old mtimes on both sides' inputs.
-    run(
-        Command::new("touch")
-            .args(["-h", "-d", "2020-02-02 02:02:02", "-r", "/dev/null"])
-            .arg("--")
-            .args(walk(&ctx)),
-        "touch",
+    let tag = unique_tag("reference");
+    let _cleanup = DockerImages(vec![tag.clone()]);
+    assert_same_image(&env, &ctx, &tag);
+}
+
+/// COPY --from (stage name, index, through symlinks), ADD of archives,
+/// HEALTHCHECK, and ONBUILD triggers fired by a child build.
+#[test]
+fn stages_add_healthcheck_and_onbuild_match_buildkit() {
+    if !(require_busybox() && require_docker()) {
+        return;
+    }
+    let env = Env::new();
+    env.load_busybox();
+    let ctx = env.context(
+        "ctx",
+        &[
+            ("Dockerfile", ADVANCED),
+            ("files/a.txt", "alpha\n"),
+            ("files/sub/b.txt", "beta\n"),
+            ("plain.txt", "plain\n"),
+        ],
     );
+    let archive_src = env.context(
+        "archive",
+        &[("top.txt", "top\n"), ("dir/inner.txt", "inner\n")],
+    );
+    touch_all(&archive_src);
+    run(
+        Command::new("tar")
+            .arg("-czf")
+            .arg(ctx.join("arch.tar.gz"))
+            .args(["--owner=123", "--group=456", "-C"])
+            .arg(&archive_src)
+            .args(["top.txt", "dir"]),
+        "tar",
+    );
+    let parent = unique_tag("parent");
+    let child = unique_tag("child");
+    let _cleanup = DockerImages(vec![parent.clone(), child.clone()]);
+    assert_same_image(&env, &ctx, &parent);
+    // The child's triggers run in the child's build, from its context.
+    let child_ctx = env.context(
+        "child",
+        &[
+            ("Dockerfile", &CHILD.replace("PARENT", &parent)),
+            ("plain.txt", "child plain\n"),
+        ],
+    );
+    assert_same_image(&env, &child_ctx, &child);
+    let config = json(&env.ok(&["inspect", &child]));
+    assert!(
+        config[0]["config"]["OnBuild"].is_null(),
+        "triggers are not inherited"
+    );
+    assert_eq!(config[0]["config"]["Labels"]["triggered"], "yes");
+}
+
+/// Sets every file's mtime to one old value, so both builders copy the
+/// same times.
+fn touch_all(dir: &std::path::Path) {
     run(
         Command::new("touch")
             .args(["-h", "-d", "2020-02-02 02:02:02"])
-            .args(walk(&ctx)),
+            .args(walk(dir)),
         "touch",
     );
+}
 
-    // The base image in the engine, under the name the Dockerfile uses.
+/// Loads the busybox fixture into the engine under the name Dockerfiles use.
+fn docker_busybox() {
     let layout = busybox_layout().unwrap();
     let bb = Command::new("tar")
         .arg("-C")
@@ -87,22 +162,26 @@ fn rbuild_and_buildkit_build_the_same_image() {
         .unwrap();
     std::io::Write::write_all(load.stdin.as_mut().unwrap(), &bb.stdout).unwrap();
     assert_success(&load.wait_with_output().unwrap(), "docker load busybox");
+}
 
-    let tag = unique_tag("reference");
-    let _cleanup = DockerImages(vec![tag.clone()]);
+/// Builds `ctx` with BuildKit (as `tag`) and with rbuild (as `tag` in its
+/// own store) and compares config, history and root filesystem.
+fn assert_same_image(env: &Env, ctx: &std::path::Path, tag: &str) {
+    touch_all(ctx);
+    docker_busybox();
     run(
         docker()
-            .args(["build", "--network=none", "-q", "-t", &tag])
-            .arg(&ctx),
+            .args(["build", "--network=none", "-q", "-t", tag])
+            .arg(ctx),
         "docker build",
     );
     let docker_save = env.path("docker.tar");
     run(
-        docker().args(["save", "-o", docker_save.to_str().unwrap(), &tag]),
+        docker().args(["save", "-o", docker_save.to_str().unwrap(), tag]),
         "docker save",
     );
     let theirs = config_from_docker_save(&docker_save);
-    let container = run(docker().args(["create", &tag]), "docker create")
+    let container = run(docker().args(["create", tag]), "docker create")
         .trim()
         .to_string();
     let docker_fs = env.path("docker-fs.tar");
@@ -112,8 +191,8 @@ fn rbuild_and_buildkit_build_the_same_image() {
     );
     let _ = docker().args(["rm", &container]).output();
 
-    env.ok(&["-t", "ours:v1", ctx.to_str().unwrap()]);
-    let ours = json(&env.ok(&["inspect", "ours:v1"]))[0].clone();
+    env.ok(&["-t", tag, ctx.to_str().unwrap()]);
+    let ours = json(&env.ok(&["inspect", tag]))[0].clone();
     let our_fs = env.path("our-fs.tar");
     env.ok(&[
         "-o",
@@ -134,6 +213,8 @@ fn rbuild_and_buildkit_build_the_same_image() {
         "Labels",
         "StopSignal",
         "Shell",
+        "Healthcheck",
+        "OnBuild",
     ] {
         assert_eq!(ours["config"][key], theirs["config"][key], "config.{key}");
     }

@@ -46,6 +46,10 @@ pub struct CopySpec<'a> {
     pub chmod: Option<u32>,
     /// Modification time for directories the copy creates.
     pub created_dir_mtime: u64,
+    /// Keep the source files' owners (copies from another stage or image)
+    /// instead of making them root's (copies from a context); `owner`
+    /// overrides both.
+    pub keep_owners: bool,
     /// ADD: a local tar archive (plain or gzip) is extracted into `dest`.
     pub unpack: bool,
     /// Where extracted archives are kept until the layer is written.
@@ -89,18 +93,14 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Copied, CopyEr
     for (source, host_path) in &matches {
         let meta = fs::metadata(host_path).map_err(|e| io_err(host_path, e))?;
         if meta.is_dir() {
-            // The directory's contents go into dest.
+            // The directory's contents go into dest, which is created like
+            // any missing parent (BuildKit does not copy the source
+            // directory's own owner or mode onto it).
             create_parents(&dest, base, &owner, spec, &mut out, true);
-            if !dest.is_empty() && !base.is_dir(&dest) {
-                let mut entry = entry_from_metadata(host_path, dest.clone(), &meta)
-                    .map_err(|e| io_err(host_path, e))?;
-                finish_entry(&mut entry, &owner, spec.chmod);
-                out.insert(dest.clone(), entry);
-            }
             for mut entry in
                 crate::layer::entries_of_tree(host_path, &dest).map_err(|e| io_err(host_path, e))?
             {
-                finish_entry(&mut entry, &owner, spec.chmod);
+                finish_entry(&mut entry, spec, spec.keep_owners);
                 out.insert(entry.path.clone(), entry);
             }
         } else if spec.unpack && is_archive(host_path) {
@@ -114,27 +114,10 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Copied, CopyEr
             crate::apply::apply_layer(dir.path(), archive)
                 .map_err(|e| io_err(host_path, io::Error::other(e.to_string())))?;
             create_parents(&dest, base, &owner, spec, &mut out, true);
-            if !dest.is_empty() && !base.is_dir(&dest) && !out.contains_key(&dest) {
-                out.insert(
-                    dest.clone(),
-                    Entry {
-                        path: dest.clone(),
-                        kind: EntryKind::Directory,
-                        mode: 0o755,
-                        uid: u64::from(owner.uid),
-                        gid: u64::from(owner.gid),
-                        mtime: spec.created_dir_mtime,
-                    },
-                );
-            }
             let entries = crate::layer::entries_of_tree(dir.path(), &dest)
                 .map_err(|e| io_err(host_path, e))?;
             for mut entry in entries {
-                if spec.owner.is_some() {
-                    finish_entry(&mut entry, &owner, spec.chmod);
-                } else if let Some(mode) = spec.chmod {
-                    entry.mode = mode;
-                }
+                finish_entry(&mut entry, spec, true);
                 out.insert(entry.path.clone(), entry);
             }
             scratch.push(dir);
@@ -159,7 +142,7 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Copied, CopyEr
             // what the name points to (inside the context).
             let mut entry = entry_from_metadata(host_path, target.clone(), &meta)
                 .map_err(|e| io_err(host_path, e))?;
-            finish_entry(&mut entry, &owner, spec.chmod);
+            finish_entry(&mut entry, spec, spec.keep_owners);
             out.insert(target, entry);
         }
     }
@@ -189,10 +172,21 @@ fn is_archive(path: &Path) -> bool {
     filled == 512 && &header[257..262] == b"ustar"
 }
 
-fn finish_entry(entry: &mut Entry, owner: &Owner, chmod: Option<u32>) {
-    entry.uid = u64::from(owner.uid);
-    entry.gid = u64::from(owner.gid);
-    if let Some(mode) = chmod
+/// Applies `--chown` (or root ownership, unless owners are kept) and
+/// `--chmod` to a copied entry.
+fn finish_entry(entry: &mut Entry, spec: &CopySpec<'_>, keep_owner: bool) {
+    match spec.owner {
+        Some(owner) => {
+            entry.uid = u64::from(owner.uid);
+            entry.gid = u64::from(owner.gid);
+        }
+        None if !keep_owner => {
+            entry.uid = 0;
+            entry.gid = 0;
+        }
+        None => {}
+    }
+    if let Some(mode) = spec.chmod
         && !matches!(entry.kind, EntryKind::Symlink { .. })
     {
         entry.mode = mode;
@@ -218,10 +212,6 @@ fn create_parents(
     for i in 1..=upto {
         let dir = parts[..i].join("/");
         if base.is_dir(&dir) || out.contains_key(&dir) {
-            continue;
-        }
-        if inclusive && i == parts.len() {
-            // The caller writes the destination directory itself.
             continue;
         }
         out.insert(
@@ -528,6 +518,7 @@ mod tests {
             owner: None,
             chmod: None,
             created_dir_mtime: 0,
+            keep_owners: false,
             unpack: false,
             scratch: ctx.path(),
         };

@@ -138,6 +138,9 @@ pub fn compile(
     })
 }
 
+/// ARG values before the first FROM, in declaration order.
+type GlobalArgs = Vec<(String, String)>;
+
 /// Global ARGs (before the first FROM) and the stages as written.
 fn split_stages<'a>(
     file: &'a Dockerfile,
@@ -145,7 +148,7 @@ fn split_stages<'a>(
     options: &CompileOptions,
     platform_args: &[(String, String)],
     used_args: &mut BTreeSet<String>,
-) -> Result<(Vec<(String, String)>, Vec<RawStage<'a>>), CompileError> {
+) -> Result<(GlobalArgs, Vec<RawStage<'a>>), CompileError> {
     let mut global_args: Vec<(String, String)> = Vec::new();
     let mut stages: Vec<RawStage<'a>> = Vec::new();
     for inst in &file.instructions {
@@ -166,13 +169,13 @@ fn split_stages<'a>(
                 ));
             }
             let name = alias.map(|a| a.to_ascii_lowercase());
-            if let Some(name) = &name {
-                if stages.iter().any(|s| s.name.as_ref() == Some(name)) {
-                    return Err(CompileError::at(
-                        inst,
-                        ErrorKind::Invalid(format!("duplicate stage name {name:?}")),
-                    ));
-                }
+            if let Some(name) = &name
+                && stages.iter().any(|s| s.name.as_ref() == Some(name))
+            {
+                return Err(CompileError::at(
+                    inst,
+                    ErrorKind::Invalid(format!("duplicate stage name {name:?}")),
+                ));
             }
             if let Some(p) = platform {
                 check_platform(&expand(lexer, inst, &p, &env)?, &options.platform, inst)?;

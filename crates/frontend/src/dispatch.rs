@@ -618,18 +618,18 @@ impl<'s, 'a> StageBuilder<'s, 'a> {
                 .any(|e| e.split_once('=').map_or(e.as_str(), |(n, _)| n) == k)
         };
         for (k, v) in &self.args {
-            if let Some(v) = v {
-                if !set(&env, k) {
-                    env.push(format!("{k}={v}"));
-                }
+            if let Some(v) = v
+                && !set(&env, k)
+            {
+                env.push(format!("{k}={v}"));
             }
         }
         for proxy in PROXY_ARGS {
-            if let Some(v) = self.shared.options.build_args.get(proxy) {
-                if !set(&env, proxy) {
-                    self.shared.used_args.insert(proxy.to_string());
-                    env.push(format!("{proxy}={v}"));
-                }
+            if let Some(v) = self.shared.options.build_args.get(proxy)
+                && !set(&env, proxy)
+            {
+                self.shared.used_args.insert(proxy.to_string());
+                env.push(format!("{proxy}={v}"));
             }
         }
         env

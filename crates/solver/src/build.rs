@@ -285,7 +285,14 @@ impl Run<'_> {
                 SourceDir::Owned(self.materialize(&layers, line)?)
             }
         };
+        // Another filesystem's files keep their owners; the context's and
+        // inline files become root's.
+        let keep_owners = !matches!(
+            self.graph.node(copy.source).op,
+            Op::Context(_) | Op::Inline(_)
+        );
         let spec = CopySpec {
+            keep_owners,
             context: source_dir.path(),
             sources: &copy.sources,
             dest: &copy.dest,
