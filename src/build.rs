@@ -1,36 +1,23 @@
 //! `rbuild build`: read the Dockerfile, compile, build, export.
 
-use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-
 use anyhow::{Context, Result, anyhow, bail};
 use rbuild_export::{
     ImageRef, Target, load_image, write_docker_archive, write_oci_layout, write_rootfs_dir,
     write_rootfs_tar,
 };
-use rbuild_frontend::{CompileOptions, compile, parser};
-use rbuild_oci::{Platform, Reference};
+use rbuild_oci::Reference;
 use rbuild_solver::{BuildOptions, BuiltImage, ImageRecord, Root, build};
 use serde_json::json;
 
 use crate::cli::BuildArgs;
 use crate::output::{Dest, Output};
-use crate::resolver::Resolver;
+use crate::prepare::{Bases, prepare, print_lints};
 
 pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
+    if args.check {
+        return crate::check::run(root, &args);
+    }
     let context = &args.context;
-    if args.context.as_os_str() == "-" {
-        bail!("reading the build context from standard input is not supported yet");
-    }
-    match std::fs::metadata(context) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => bail!("build context {} is not a directory", context.display()),
-        Err(e) => bail!(
-            "unable to prepare context: path {:?} not found: {e}",
-            context.display().to_string()
-        ),
-    }
     let tags: Vec<Reference> = args
         .tags
         .iter()
@@ -44,36 +31,19 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
             .map(|o| Output::parse(o))
             .collect::<Result<_>>()?
     };
-    let build_args = parse_build_args(&args.build_args)?;
-
-    let (dockerfile_name, source) = read_dockerfile(context, args.file.as_deref())?;
-    let parsed = parser::parse(&source).map_err(|e| {
-        // ParseError says "line N: ..."; errors read "Dockerfile:N: ...".
-        let text = e.to_string();
-        let message = text.split_once(": ").map_or(text.as_str(), |(_, m)| m);
-        anyhow!("{dockerfile_name}:{}: {message}", e.line())
-    })?;
-    if !args.quiet {
-        for warning in &parsed.warnings {
-            eprintln!(
-                "warning: {dockerfile_name}:{}: {}",
-                warning.line, warning.message
-            );
-        }
-    }
-    let resolver = Resolver::new(root, &args.build_contexts)?;
-    let options = CompileOptions {
-        build_args,
-        target: args.target.clone(),
-        platform: Platform::host(),
-        context_excludes: Vec::new(),
-    };
-    let plan = compile(&parsed, &options, &resolver)
-        .map_err(|e| anyhow!("{}", e.render(&dockerfile_name)))?;
+    let prepared = prepare(root, &args, Bases::Required)?;
+    let (dockerfile_name, plan) = (&prepared.dockerfile_name, &prepared.plan);
     if !args.quiet && !plan.unused_build_args.is_empty() {
         eprintln!(
             "warning: build-args {:?} were not consumed by any ARG",
             plan.unused_build_args
+        );
+    }
+    if prepared.lints_are_errors && !prepared.lints.is_empty() {
+        print_lints(&prepared);
+        bail!(
+            "{} build check(s) failed, and the Dockerfile says check=error=true",
+            prepared.lints.len()
         );
     }
 
@@ -85,7 +55,7 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
         _ => None,
     };
     let built = build(
-        &plan,
+        plan,
         &root.content,
         &BuildOptions {
             context,
@@ -101,7 +71,8 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
         None => anyhow!("{e}"),
     })?;
     if !args.quiet {
-        report_steps(&plan);
+        report_steps(plan);
+        print_lints(&prepared);
     }
 
     for output in &outputs {
@@ -231,50 +202,6 @@ fn report_steps(plan: &rbuild_frontend::Plan) {
                 .unwrap_or_default()
                 .trim_end_matches(" # buildkit");
             eprintln!("#{n} [{stage_name} {}/{total}] {what}", i + 1);
-        }
-    }
-}
-
-/// `--build-arg K=V`, or `K` alone to take the value from the environment
-/// (skipped when unset, as docker does).
-fn parse_build_args(args: &[String]) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for arg in args {
-        match arg.split_once('=') {
-            Some(("", _)) => bail!("invalid --build-arg {arg:?}: empty name"),
-            Some((k, v)) => {
-                out.insert(k.to_string(), v.to_string());
-            }
-            None => {
-                if let Ok(v) = std::env::var(arg) {
-                    out.insert(arg.clone(), v);
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The Dockerfile's bytes and the name errors call it by.
-fn read_dockerfile(context: &Path, file: Option<&Path>) -> Result<(String, Vec<u8>)> {
-    match file {
-        Some(p) if p.as_os_str() == "-" => {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .context("reading the Dockerfile from standard input")?;
-            Ok(("Dockerfile".to_string(), bytes))
-        }
-        Some(p) => {
-            let bytes =
-                std::fs::read(p).with_context(|| format!("reading Dockerfile {}", p.display()))?;
-            Ok((p.display().to_string(), bytes))
-        }
-        None => {
-            let path: PathBuf = context.join("Dockerfile");
-            let bytes = std::fs::read(&path)
-                .with_context(|| format!("reading Dockerfile {}", path.display()))?;
-            Ok(("Dockerfile".to_string(), bytes))
         }
     }
 }

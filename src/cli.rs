@@ -59,11 +59,34 @@ pub enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Check a Dockerfile without building: syntax, expansion and build checks
+    Check(BuildArgs),
+    /// Tools for looking inside a build
+    #[command(subcommand)]
+    Debug(DebugCommand),
     /// Show an image's config as JSON
     Inspect {
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// Print the build graph a Dockerfile compiles to
+    Graph {
+        /// text (one node per line) or dot (Graphviz)
+        #[arg(long, value_enum, default_value = "text")]
+        format: GraphFormat,
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GraphFormat {
+    Text,
+    Dot,
 }
 
 #[derive(Debug, Args)]
@@ -113,10 +136,13 @@ pub struct BuildArgs {
     /// Suppress the build output and print the image ID on success
     #[arg(short, long)]
     pub quiet: bool,
+    /// Only check the Dockerfile (as `rbuild check`); build nothing
+    #[arg(long)]
+    pub check: bool,
 }
 
 const SUBCOMMANDS: &[&str] = &[
-    "build", "images", "rmi", "tag", "save", "load", "inspect", "help",
+    "build", "check", "debug", "images", "rmi", "tag", "save", "load", "inspect", "help",
 ];
 
 /// Inserts `build` when the first word that is not a global option is not

@@ -1,10 +1,13 @@
 //! The `rbuild` command: argument parsing, wiring of the crates, output.
 
 mod build;
+mod check;
 mod cli;
 mod commands;
 mod config;
+mod diagnostic;
 mod output;
+mod prepare;
 mod resolver;
 
 use std::path::PathBuf;
@@ -14,7 +17,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use rbuild_solver::Root;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, DebugCommand};
 
 fn main() -> ExitCode {
     let args = cli::with_default_subcommand(std::env::args_os().collect());
@@ -30,7 +33,12 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            // Diagnostics point into the Dockerfile over several lines;
+            // everything else is one line.
+            match e.downcast_ref::<diagnostic::Diagnostic>() {
+                Some(d) => eprintln!("error: {d}"),
+                None => eprintln!("error: {}", one_line(&e)),
+            }
             ExitCode::FAILURE
         }
     }
@@ -59,6 +67,10 @@ fn run(cli: Cli) -> Result<()> {
         .with_context(|| format!("opening rbuild's root {}", root_path.display()))?;
     match cli.command {
         Command::Build(args) => build::run(&root, args),
+        Command::Check(args) => check::run(&root, &args),
+        Command::Debug(DebugCommand::Graph { format, build }) => {
+            check::graph(&root, &build, format)
+        }
         Command::Images(args) => commands::images(&root, &args),
         Command::Rmi { images } => commands::rmi(&root, &images),
         Command::Tag { source, target } => commands::tag(&root, &source, &target),

@@ -313,15 +313,18 @@ fn bad_input_fails_cleanly() {
         &env.fails(&[missing.to_str().unwrap()]),
         "Dockerfile:2: COPY failed: \"missing.txt\": not found",
     );
-    let typo = env.context("t", &[("Dockerfile", "FORM scratch\n")]);
-    one_line(
-        &env.fails(&[typo.to_str().unwrap()]),
-        "Dockerfile:1: unknown instruction: FORM (did you mean FROM?)",
+    // Dockerfile mistakes point at the line and the word, with a caret.
+    let typo = env.context("t", &[("Dockerfile", "FROM scratch\n  FORM scratch\n")]);
+    let err = env.fails(&[typo.to_str().unwrap()]);
+    assert_eq!(
+        err.trim_end(),
+        "error: Dockerfile:2:3: unknown instruction: FORM (did you mean FROM?)\n 2 |   FORM scratch\n   |   ^^^^"
     );
     let nobase = env.context("n", &[("Dockerfile", "FROM nosuchimage:1\n")]);
-    one_line(
-        &env.fails(&[nobase.to_str().unwrap()]),
-        "Dockerfile:1: base image \"nosuchimage:1\" not found",
+    let err = env.fails(&[nobase.to_str().unwrap()]);
+    assert!(
+        err.starts_with("error: Dockerfile:1:1: base image \"nosuchimage:1\" not found"),
+        "{err}"
     );
     let err = env.fails(&["--bogus-flag", ctx]);
     assert!(err.contains("--bogus-flag"), "{err}");
@@ -392,4 +395,89 @@ fn target_selects_a_stage_and_unused_stages_are_not_built() {
         .unwrap();
     assert_success(&out, "rbuild --build-arg UNUSED");
     assert!(String::from_utf8_lossy(&out.stderr).contains("UNUSED"));
+}
+
+#[test]
+fn check_reports_build_checks_without_building() {
+    let env = Env::new();
+    let ctx = env.context(
+        "chk",
+        &[
+            (
+                "Dockerfile",
+                "# syntax=docker/dockerfile:1\nFROM scratch as Build\nCOPY --from=nowhere:1 /a /b\nENV DB_PASSWORD=x\nCMD echo $HOME\nLABEL v=$UNDEFINED\nRUN echo never runs\n",
+            ),
+        ],
+    );
+    let out = env
+        .rbuild()
+        .args(["check", ctx.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_success(&out, "rbuild check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "using rbuild's built-in Dockerfile frontend",
+        "Dockerfile:2: warning: FromAsCasing:",
+        "Dockerfile:2: warning: StageNameCasing: Stage name 'Build' should be lowercase",
+        "Dockerfile:4: warning: SecretsUsedInArgOrEnv:",
+        "Dockerfile:5: warning: JSONArgsRecommended:",
+        "Dockerfile:6: warning: UndefinedVar: Usage of undefined variable '$UNDEFINED'",
+        "note: base image \"nowhere:1\" is not in rbuild's store",
+        "Check complete, 5 warnings found.",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "{expected:?} missing from:\n{stderr}"
+        );
+    }
+    // `build --check` is the same, and nothing was built.
+    let out = env
+        .rbuild()
+        .args(["build", "--check", ctx.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_success(&out, "rbuild build --check");
+    assert_eq!(env.ok(&["images", "-q"]), "");
+    // Skipped rules are not reported; error=true turns findings into failure.
+    let strict = env.context(
+        "strict",
+        &[(
+            "Dockerfile",
+            "# check=skip=JSONArgsRecommended;error=true\nFROM scratch\nCMD echo\nMAINTAINER me\n",
+        )],
+    );
+    let err = env.fails(&["check", strict.to_str().unwrap()]);
+    assert!(
+        err.contains("MaintainerDeprecated") && !err.contains("JSONArgsRecommended"),
+        "{err}"
+    );
+    // Errors are errors.
+    let broken = env.context(
+        "broken",
+        &[("Dockerfile", "FROM scratch\nCOPY --nope a b\n")],
+    );
+    let err = env.fails(&["check", broken.to_str().unwrap()]);
+    assert!(
+        err.contains("Dockerfile:2:6: unknown flag: --nope for COPY"),
+        "{err}"
+    );
+}
+
+#[test]
+fn debug_graph_prints_content_addressed_nodes() {
+    let env = Env::new();
+    let ctx = scratch_context(&env);
+    let text = env.ok(&["debug", "graph", ctx.to_str().unwrap()]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "scratch, two contexts, two copies:\n{text}");
+    assert!(lines[0].ends_with("n0 scratch"), "{text}");
+    assert!(text.contains("copy [\"dir\"] -> /opt/dir"), "{text}");
+    // Same inputs, same digests; a changed argument changes them.
+    assert_eq!(text, env.ok(&["debug", "graph", ctx.to_str().unwrap()]));
+    let dot = env.ok(&["debug", "graph", "--format", "dot", ctx.to_str().unwrap()]);
+    assert!(
+        dot.starts_with("digraph rbuild {") && dot.contains("n0 -> n2;"),
+        "{dot}"
+    );
 }

@@ -11,6 +11,7 @@ use crate::dispatch::StageBuilder;
 use crate::error::{CompileError, ErrorKind};
 use crate::graph::{Graph, NodeId, Op};
 use crate::instructions::{self, Command};
+use crate::lint::Lint;
 use crate::parser::{Dockerfile, Instruction};
 use crate::plan::{Base, ImageResolver, Plan, Stage};
 use crate::shell::Lexer;
@@ -74,6 +75,8 @@ pub(crate) struct Shared<'a> {
     pub used_args: BTreeSet<String>,
     pub graph: Graph,
     pub stages: StageTable,
+    /// Build-check findings that need expansion (UndefinedVar, ...).
+    pub lints: Vec<Lint>,
 }
 
 /// Compiles `file` for `options`, resolving base images with `resolver`.
@@ -85,8 +88,15 @@ pub fn compile(
     let lexer = Lexer::new(file.directives.escape);
     let platform_args = platform_args(&options.platform);
     let mut used_args = BTreeSet::new();
-    let (global_args, raw_stages) =
-        split_stages(file, &lexer, options, &platform_args, &mut used_args)?;
+    let mut lints = Vec::new();
+    let (global_args, raw_stages) = split_stages(
+        file,
+        &lexer,
+        options,
+        &platform_args,
+        &mut used_args,
+        &mut lints,
+    )?;
     let global_env: Vec<(String, String)> =
         platform_args.iter().chain(&global_args).cloned().collect();
 
@@ -112,6 +122,7 @@ pub fn compile(
         platform_args: &platform_args,
         used_args,
         graph: Graph::default(),
+        lints,
         stages: StageTable {
             compiled: vec![None; raw_stages.len()],
         },
@@ -132,6 +143,7 @@ pub fn compile(
         .cloned()
         .collect();
     Ok(Plan {
+        lints: shared.lints,
         graph: shared.graph,
         stages,
         unused_build_args,
@@ -148,8 +160,11 @@ fn split_stages<'a>(
     options: &CompileOptions,
     platform_args: &[(String, String)],
     used_args: &mut BTreeSet<String>,
+    lints: &mut Vec<Lint>,
 ) -> Result<(GlobalArgs, Vec<RawStage<'a>>), CompileError> {
     let mut global_args: Vec<(String, String)> = Vec::new();
+    // Global ARGs declared, with or without a value.
+    let mut declared: BTreeSet<String> = BTreeSet::new();
     let mut stages: Vec<RawStage<'a>> = Vec::new();
     for inst in &file.instructions {
         let command = instructions::parse(inst)?;
@@ -161,11 +176,24 @@ fn split_stages<'a>(
         {
             let env: Vec<(String, String)> =
                 platform_args.iter().chain(&global_args).cloned().collect();
-            let image = expand(lexer, inst, &image, &env)?;
+            let raw_image = image;
+            let expansion = lexer
+                .process_word_with_matches(&raw_image, &env)
+                .map_err(|e| CompileError::at(inst, ErrorKind::Expansion(e.to_string())))?;
+            for name in &expansion.unmatched {
+                if !declared.contains(name) {
+                    lints.push(Lint::new(
+                        "UndefinedArgInFrom",
+                        inst.start_line,
+                        format!("FROM argument '{name}' is not declared"),
+                    ));
+                }
+            }
+            let image = expansion.result;
             if image.is_empty() {
                 return Err(CompileError::at(
                     inst,
-                    ErrorKind::Invalid(format!("base name ({image}) should not be blank")),
+                    ErrorKind::Invalid(format!("base name ({raw_image}) should not be blank")),
                 ));
             }
             let name = alias.map(|a| a.to_ascii_lowercase());
@@ -192,6 +220,7 @@ fn split_stages<'a>(
             (Some(stage), command) => stage.body.push((inst, command)),
             (None, Command::Arg(args)) => {
                 for (name, default) in args {
+                    declared.insert(name.clone());
                     let env: Vec<(String, String)> =
                         platform_args.iter().chain(&global_args).cloned().collect();
                     let expanded = default

@@ -11,6 +11,7 @@ use crate::error::{CompileError, ErrorKind};
 use crate::goquote::go_quote;
 use crate::graph::{ContextOp, CopyOp, ExecMount, ExecOp, MkdirOp, NodeId, Op};
 use crate::instructions::{self, Command, CommandLine, Flags, Health, Source};
+use crate::lint::Lint;
 use crate::parser::{self, Heredoc, Instruction};
 use crate::plan::Step;
 use crate::shell::Lexer;
@@ -114,17 +115,42 @@ impl<'s, 'a> StageBuilder<'s, 'a> {
         env
     }
 
-    fn expand(&self, inst: &Instruction, word: &str) -> Result<String, CompileError> {
-        expand(self.shared.lexer, inst, word, &self.env())
+    /// Expands a word, reporting variables that are neither set nor
+    /// declared (BuildKit's UndefinedVar check).
+    fn expand(&mut self, inst: &Instruction, word: &str) -> Result<String, CompileError> {
+        let expansion = self
+            .shared
+            .lexer
+            .process_word_with_matches(word, &self.env())
+            .map_err(|e| CompileError::at(inst, ErrorKind::Expansion(e.to_string())))?;
+        for name in &expansion.unmatched {
+            let declared = self.args.iter().any(|(k, _)| k == name);
+            let reported = self.shared.lints.iter().any(|l| {
+                l.rule == "UndefinedVar"
+                    && l.line == inst.start_line
+                    && l.message.contains(&format!("'${name}'"))
+            });
+            if !declared && !reported {
+                self.shared.lints.push(Lint::new(
+                    "UndefinedVar",
+                    inst.start_line,
+                    format!("Usage of undefined variable '${name}'"),
+                ));
+            }
+        }
+        Ok(expansion.result)
     }
 
     fn expand_flag(
-        &self,
+        &mut self,
         inst: &Instruction,
         flags: &Flags,
         name: &str,
     ) -> Result<Option<String>, CompileError> {
-        flags.string(name).map(|v| self.expand(inst, v)).transpose()
+        match flags.string(name) {
+            Some(v) => self.expand(inst, v).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn workdir(&self) -> String {
@@ -505,7 +531,7 @@ impl<'s, 'a> StageBuilder<'s, 'a> {
 
     /// Heredoc bodies of COPY/ADD expand variables but keep quotes and
     /// backslashes, as BuildKit's raw lexer does.
-    fn expand_heredoc(&self, inst: &Instruction, body: &str) -> Result<String, CompileError> {
+    fn expand_heredoc(&mut self, inst: &Instruction, body: &str) -> Result<String, CompileError> {
         let lexer = Lexer {
             raw_quotes: true,
             raw_escapes: true,

@@ -90,6 +90,15 @@ impl CompileError {
         }
     }
 
+    /// The text in the instruction the error is about, for pointing at it.
+    pub fn needle(&self) -> Option<String> {
+        match &self.kind {
+            ErrorKind::UnknownInstruction { word, .. } => Some(word.clone()),
+            ErrorKind::UnknownFlag { flag, .. } => Some(format!("--{flag}")),
+            _ => None,
+        }
+    }
+
     /// Formats as `FILE:LINE: message`.
     pub fn render(&self, file: &str) -> String {
         match self.line {

@@ -14,6 +14,7 @@ mod error;
 mod goquote;
 pub mod graph;
 pub mod instructions;
+pub mod lint;
 pub mod parser;
 pub mod plan;
 pub mod shell;

@@ -64,6 +64,8 @@ pub struct Plan {
     pub stages: Vec<Stage>,
     /// Build args given but used nowhere, for the "not consumed" warning.
     pub unused_build_args: Vec<String>,
+    /// Build-check findings made while compiling (UndefinedVar, ...).
+    pub lints: Vec<crate::lint::Lint>,
 }
 
 impl Plan {
