@@ -12,3 +12,4 @@ pub mod apply;
 pub mod basefs;
 pub mod copy;
 pub mod layer;
+pub mod patterns;

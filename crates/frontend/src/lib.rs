@@ -10,6 +10,7 @@
 
 pub mod compile;
 mod dispatch;
+pub mod dockerignore;
 mod error;
 mod goquote;
 pub mod graph;
