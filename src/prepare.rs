@@ -7,6 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use rbuild_frontend::dockerignore;
 use rbuild_frontend::lint::{self, Lint};
 use rbuild_frontend::parser::{self, Dockerfile};
 use rbuild_frontend::{CompileOptions, ImageResolver, Plan, ResolvedImage, compile};
@@ -63,11 +64,21 @@ pub fn prepare(root: &Root, args: &BuildArgs, bases: Bases) -> Result<Prepared> 
         Bases::Required => &store_resolver,
         Bases::Optional => &lenient,
     };
+    let dockerfile_path = args.file.as_deref().filter(|f| f.as_os_str() != "-");
+    let context_excludes = match dockerignore::load(&args.context, dockerfile_path)? {
+        Some((path, patterns)) => {
+            // Invalid patterns are reported here, before anything runs.
+            rbuild_exec::patterns::PatternMatcher::new(&patterns)
+                .with_context(|| format!("{}", path.display()))?;
+            patterns
+        }
+        None => Vec::new(),
+    };
     let options = CompileOptions {
         build_args: parse_build_args(&args.build_args)?,
         target: args.target.clone(),
         platform: Platform::host(),
-        context_excludes: Vec::new(),
+        context_excludes,
     };
     let plan = compile(&parsed, &options, resolver).map_err(|e| match e.line {
         Some(line) => diagnostic::render(

@@ -481,3 +481,55 @@ fn debug_graph_prints_content_addressed_nodes() {
         "{dot}"
     );
 }
+
+#[test]
+fn dockerignore_hides_files_and_dockerfile_specific_one_wins() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ign",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY . /\n"),
+            ("app.Dockerfile", "FROM scratch\nCOPY . /\n"),
+            ("app.Dockerfile.dockerignore", "*.txt\n"),
+            (".dockerignore", "*.md\n"),
+            ("a.txt", "a\n"),
+            ("b.md", "b\n"),
+        ],
+    );
+    let plain = env.path("plain");
+    env.ok(&["-o", plain.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert!(plain.join("a.txt").exists() && !plain.join("b.md").exists());
+    let specific = env.path("specific");
+    let dockerfile = ctx.join("app.Dockerfile");
+    env.ok(&[
+        "-f",
+        dockerfile.to_str().unwrap(),
+        "-o",
+        specific.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(!specific.join("a.txt").exists() && specific.join("b.md").exists());
+    // An excluded file named directly is not found, as in docker.
+    let direct = env.context(
+        "direct",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY a.txt /\n"),
+            (".dockerignore", "a.txt\n"),
+            ("a.txt", "a\n"),
+        ],
+    );
+    let err = env.fails(&[direct.to_str().unwrap()]);
+    assert!(
+        err.contains("\"a.txt\": not found in the build context"),
+        "{err}"
+    );
+    let bad = env.context(
+        "badpattern",
+        &[("Dockerfile", "FROM scratch\n"), (".dockerignore", "[\n")],
+    );
+    let err = env.fails(&[bad.to_str().unwrap()]);
+    assert!(
+        err.contains(".dockerignore") && err.contains("invalid pattern"),
+        "{err}"
+    );
+}

@@ -358,3 +358,43 @@ fn tree(path: &std::path::Path) -> BTreeMap<String, Node> {
     }
     out
 }
+
+/// `.dockerignore` decides what `COPY .` sees exactly as in BuildKit:
+/// root-anchored globs, `**`, exceptions, and excluded directories with
+/// re-included files.
+#[test]
+fn dockerignore_matches_buildkit() {
+    if !(require_busybox() && require_docker()) {
+        return;
+    }
+    let env = Env::new();
+    env.load_busybox();
+    let ctx = env.context(
+        "ctx",
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY . /ctx/\nCOPY sub/*.txt /globbed/\n"),
+            (".dockerignore", "# comment\n*.log\n**/*.tmp\nsecret\n!secret/keep.txt\ndocs/**\n!docs/README.md\n/build/\nsub/nested/deep\n"),
+            ("app.log", "root log\n"),
+            ("keep.txt", "keep\n"),
+            ("sub/app.log", "nested log is not excluded by *.log\n"),
+            ("sub/a.txt", "a\n"),
+            ("sub/b.tmp", "tmp\n"),
+            ("sub/nested/deep/x", "x\n"),
+            ("sub/nested/kept", "kept\n"),
+            ("secret/key", "hidden\n"),
+            ("secret/keep.txt", "re-included\n"),
+            ("docs/guide.md", "guide\n"),
+            ("docs/README.md", "readme\n"),
+            ("build/out.bin", "out\n"),
+        ],
+    );
+    let tag = unique_tag("dockerignore");
+    let _cleanup = DockerImages(vec![tag.clone()]);
+    assert_same_image(&env, &ctx, &tag);
+    // What was checked is really the filtered view.
+    let out = env.path("rootfs");
+    env.ok(&["-o", out.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert!(out.join("ctx/sub/app.log").is_file() && !out.join("ctx/app.log").exists());
+    assert!(out.join("ctx/secret/keep.txt").is_file() && !out.join("ctx/secret/key").exists());
+    assert!(out.join("ctx/docs/README.md").is_file() && !out.join("ctx/docs/guide.md").exists());
+}

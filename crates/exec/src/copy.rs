@@ -14,7 +14,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::basefs::{BaseFs, Owner};
-use crate::layer::{Entry, EntryKind, entry_from_metadata};
+use crate::layer::{Entry, EntryKind, Exclude, entries_of_tree_filtered, entry_from_metadata};
+use crate::patterns::PatternMatcher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -50,6 +51,9 @@ pub struct CopySpec<'a> {
     /// instead of making them root's (copies from a context); `owner`
     /// overrides both.
     pub keep_owners: bool,
+    /// Files of the source that do not exist for the copy (.dockerignore),
+    /// matched against paths relative to the source root.
+    pub exclude: Option<&'a PatternMatcher>,
     /// ADD: a local tar archive (plain or gzip) is extracted into `dest`.
     pub unpack: bool,
     /// Where extracted archives are kept until the layer is written.
@@ -72,7 +76,7 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Copied, CopyEr
     })?;
     let mut matches: Vec<(String, PathBuf)> = Vec::new();
     for source in spec.sources {
-        let found = find_sources(&context_root, source)?;
+        let found = find_sources(&context_root, source, spec.exclude)?;
         matches.extend(found.into_iter().map(|p| (source.clone(), p)));
     }
     let dest_is_dir_hint = spec.dest.ends_with('/') || spec.dest.ends_with("/.");
@@ -97,8 +101,13 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Copied, CopyEr
             // any missing parent (BuildKit does not copy the source
             // directory's own owner or mode onto it).
             create_parents(&dest, base, &owner, spec, &mut out, true);
-            for mut entry in
-                crate::layer::entries_of_tree(host_path, &dest).map_err(|e| io_err(host_path, e))?
+            let dir_rel = relative_to(&context_root, host_path);
+            let exclude = spec.exclude.map(|excludes| Exclude {
+                excludes,
+                dir_rel: &dir_rel,
+            });
+            for mut entry in entries_of_tree_filtered(host_path, &dest, exclude)
+                .map_err(|e| io_err(host_path, e))?
             {
                 finish_entry(&mut entry, spec, spec.keep_owners);
                 out.insert(entry.path.clone(), entry);
@@ -251,7 +260,11 @@ fn has_meta(s: &str) -> bool {
 /// `root` as if it were `/`: symlinks (in any component, the last one
 /// included, since COPY copies what a source name points to) never lead
 /// out of it, which matters for a context and for another stage's files.
-fn find_sources(root: &Path, source: &str) -> Result<Vec<PathBuf>, CopyError> {
+fn find_sources(
+    root: &Path,
+    source: &str,
+    exclude: Option<&PatternMatcher>,
+) -> Result<Vec<PathBuf>, CopyError> {
     let cleaned = rbuild_oci::path::clean(source);
     // Candidates are paths relative to the root, resolved as we go.
     let mut candidates = vec![String::new()];
@@ -285,7 +298,15 @@ fn find_sources(root: &Path, source: &str) -> Result<Vec<PathBuf>, CopyError> {
     let mut found = Vec::new();
     for candidate in candidates {
         if let Some(host) = resolve_scoped(root, &candidate)? {
-            found.push(host);
+            // Excluded files are not in the context at all. A directory
+            // that is excluded may still hold re-included files.
+            let rel = relative_to(root, &host);
+            let hidden = exclude.is_some_and(|m| {
+                !rel.is_empty() && m.excludes(&rel) && !(host.is_dir() && m.may_include_below(&rel))
+            });
+            if !hidden {
+                found.push(host);
+            }
         }
     }
     if found.is_empty() {
@@ -296,6 +317,13 @@ fn find_sources(root: &Path, source: &str) -> Result<Vec<PathBuf>, CopyError> {
         });
     }
     Ok(found)
+}
+
+/// `path` relative to `root`, with `/` separators ("" for the root).
+fn relative_to(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Resolves `rel` inside `root`, following symlinks in every component;
@@ -519,6 +547,7 @@ mod tests {
             chmod: None,
             created_dir_mtime: 0,
             keep_owners: false,
+            exclude: None,
             unpack: false,
             scratch: ctx.path(),
         };

@@ -13,6 +13,8 @@ use std::path::Path;
 
 use rbuild_oci::{Digest, HashingWriter};
 
+use crate::patterns::PatternMatcher;
+
 /// What one layer entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
@@ -187,12 +189,41 @@ impl<R: Read> Read for ExactSize<'_, R> {
 /// to every path. Symlinks are kept as symlinks; owners and modes are the
 /// files' own.
 pub fn entries_of_tree(dir: &Path, prefix: &str) -> io::Result<Vec<Entry>> {
+    entries_of_tree_filtered(dir, prefix, None)
+}
+
+/// Which files of a tree to skip: `excludes` is matched against paths
+/// relative to a context root, `dir` being at `dir_rel` below that root.
+#[derive(Clone, Copy)]
+pub struct Exclude<'a> {
+    pub excludes: &'a PatternMatcher,
+    pub dir_rel: &'a str,
+}
+
+/// Like [`entries_of_tree`], leaving out what `exclude` excludes. An
+/// excluded directory is still entered when an exception may re-include
+/// something below it, and then appears only if something in it does.
+pub fn entries_of_tree_filtered(
+    dir: &Path,
+    prefix: &str,
+    exclude: Option<Exclude<'_>>,
+) -> io::Result<Vec<Entry>> {
     let mut out = Vec::new();
-    walk(dir, prefix, &mut out)?;
+    walk(
+        dir,
+        prefix,
+        exclude.map(|e| (e.excludes, e.dir_rel.to_string())),
+        &mut out,
+    )?;
     Ok(out)
 }
 
-fn walk(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> io::Result<()> {
+fn walk(
+    dir: &Path,
+    prefix: &str,
+    exclude: Option<(&PatternMatcher, String)>,
+    out: &mut Vec<Entry>,
+) -> io::Result<()> {
     let mut names: Vec<_> = fs::read_dir(dir)?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<io::Result<_>>()?;
@@ -211,9 +242,31 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> io::Result<()> {
             format!("{prefix}/{name_str}")
         };
         let meta = fs::symlink_metadata(&path)?;
-        out.push(entry_from_metadata(&path, rel.clone(), &meta)?);
-        if meta.is_dir() {
-            walk(&path, &rel, out)?;
+        let child_exclude = exclude.as_ref().map(|(m, base)| {
+            let context_rel = if base.is_empty() {
+                name_str.to_string()
+            } else {
+                format!("{base}/{name_str}")
+            };
+            (*m, context_rel)
+        });
+        let excluded = child_exclude.as_ref().is_some_and(|(m, r)| m.excludes(r));
+        if !excluded {
+            out.push(entry_from_metadata(&path, rel.clone(), &meta)?);
+            if meta.is_dir() {
+                walk(&path, &rel, child_exclude, out)?;
+            }
+        } else if meta.is_dir()
+            && child_exclude
+                .as_ref()
+                .is_some_and(|(m, r)| m.may_include_below(r))
+        {
+            let mut inner = Vec::new();
+            walk(&path, &rel, child_exclude, &mut inner)?;
+            if !inner.is_empty() {
+                out.push(entry_from_metadata(&path, rel.clone(), &meta)?);
+                out.append(&mut inner);
+            }
         }
     }
     Ok(())

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rbuild_exec::basefs::{BaseFs, Owner, UserError};
 use rbuild_exec::copy::{CopyError, CopySpec, copy_entries};
 use rbuild_exec::layer::{Entry, EntryKind, LayerWriter};
+use rbuild_exec::patterns::PatternMatcher;
 use rbuild_frontend::{Base, CopyOp, Graph, MkdirOp, NodeId, Op, Plan};
 use rbuild_oci::{
     BlobStore, Descriptor, Digest, ImageConfig, Manifest, media_type, time::format_rfc3339,
@@ -269,8 +270,19 @@ impl Run<'_> {
             .transpose()
             .map_err(|source| BuildError::User { line, source })?;
         // The source files as a directory on this machine.
+        let mut excludes = None;
         let source_dir: SourceDir = match &self.graph.node(copy.source).op {
-            Op::Context(_) => SourceDir::Borrowed(self.options.context.to_path_buf()),
+            Op::Context(context) => {
+                if !context.exclude.is_empty() {
+                    let matcher =
+                        PatternMatcher::new(&context.exclude).map_err(|e| BuildError::Source {
+                            line,
+                            source: std::io::Error::other(format!(".dockerignore: {e}")),
+                        })?;
+                    excludes = Some(matcher);
+                }
+                SourceDir::Borrowed(self.options.context.to_path_buf())
+            }
             Op::Inline(files) => {
                 let dir = ScratchDir::new(self.options.scratch)
                     .map_err(|source| BuildError::Source { line, source })?;
@@ -293,6 +305,7 @@ impl Run<'_> {
         );
         let spec = CopySpec {
             keep_owners,
+            exclude: excludes.as_ref(),
             context: source_dir.path(),
             sources: &copy.sources,
             dest: &copy.dest,
