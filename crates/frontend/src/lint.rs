@@ -110,26 +110,27 @@ pub fn check(file: &Dockerfile) -> Vec<Lint> {
                 }
             }
             "workdir" => {
-                if let Some(dir) = inst.args.first() {
-                    if !dir.starts_with('/') && !dir.starts_with('$') {
-                        out.push(Lint::new(
+                if let Some(dir) = inst.args.first()
+                    && !dir.starts_with('/')
+                    && !dir.starts_with('$')
+                {
+                    out.push(Lint::new(
                             "WorkdirRelativePath",
                             line,
                             format!("Relative workdir \"{dir}\" can have unexpected results if the base image changes"),
                         ));
-                    }
                 }
             }
             "expose" => {
                 for port in &inst.args {
-                    if let Some((_, proto)) = port.split_once('/') {
-                        if proto != proto.to_ascii_lowercase() {
-                            out.push(Lint::new(
+                    if let Some((_, proto)) = port.split_once('/')
+                        && proto != proto.to_ascii_lowercase()
+                    {
+                        out.push(Lint::new(
                                 "ExposeProtoCasing",
                                 line,
                                 format!("Defined protocol '{port}' in EXPOSE instruction should be lowercase"),
                             ));
-                        }
                     }
                 }
             }
@@ -146,12 +147,7 @@ fn from(inst: &Instruction, stage_names: &mut Vec<String>, out: &mut Vec<Lint>) 
     let [_, as_kw, name] = inst.args.as_slice() else {
         return;
     };
-    let from_kw = inst
-        .original
-        .trim_start()
-        .split_whitespace()
-        .next()
-        .unwrap_or("");
+    let from_kw = inst.original.split_whitespace().next().unwrap_or("");
     let upper = |s: &str| s.chars().all(|c| !c.is_lowercase());
     let lower = |s: &str| s.chars().all(|c| !c.is_uppercase());
     if (upper(from_kw) && !upper(as_kw)) || (lower(from_kw) && !lower(as_kw)) {
@@ -191,7 +187,6 @@ fn from(inst: &Instruction, stage_names: &mut Vec<String>, out: &mut Vec<Lint>) 
 fn casing(file: &Dockerfile, out: &mut Vec<Lint>) {
     let keyword = |inst: &Instruction| {
         inst.original
-            .trim_start()
             .split_whitespace()
             .next()
             .unwrap_or("")
