@@ -533,3 +533,38 @@ fn dockerignore_hides_files_and_dockerfile_specific_one_wins() {
         "{err}"
     );
 }
+
+#[test]
+fn copy_heredocs_write_files() {
+    let env = Env::new();
+    let ctx = env.context(
+        "here",
+        &[(
+            "Dockerfile",
+            "FROM scratch\nENV NAME=rbuild\nCOPY <<hello.txt <<\"raw.sh\" /etc/docs/\nhello $NAME\nhello.txt\necho $NAME\nraw.sh\nCOPY --chmod=0755 <<-EOT /bin/run\n\t#!/bin/sh\n\texec true\n\tEOT\n",
+        )],
+    );
+    let out = env.path("out");
+    env.ok(&["-o", out.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("etc/docs/hello.txt")).unwrap(),
+        "hello rbuild\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("etc/docs/raw.sh")).unwrap(),
+        "echo $NAME\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("bin/run")).unwrap(),
+        "#!/bin/sh\nexec true\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(out.join("bin/run"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
+}

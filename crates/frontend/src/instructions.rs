@@ -409,7 +409,11 @@ pub fn parse(inst: &Instruction) -> Result<Command, CompileError> {
         }
         "expose" | "volume" => {
             no_flags(inst)?;
-            if inst.args.is_empty() || inst.args.iter().all(|a| a.is_empty()) {
+            // `VOLUME [""]` has an (empty) argument: dispatch rejects it
+            // with BuildKit's message.
+            let none =
+                inst.args.is_empty() || (!inst.json && inst.args.iter().all(|a| a.is_empty()));
+            if none {
                 return Err(CompileError::at(
                     inst,
                     ErrorKind::Invalid(format!(
