@@ -14,7 +14,7 @@ use crate::instructions::{self, Command};
 use crate::lint::Lint;
 use crate::parser::{Dockerfile, Instruction};
 use crate::plan::{Base, ImageResolver, Plan, Stage};
-use crate::shell::Lexer;
+use crate::shell::{Env, Lexer};
 
 /// The PATH a stage gets when its base image sets none (BuildKit's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -300,7 +300,7 @@ fn needed_stages(
                 _ => Vec::new(),
             };
             for reference in references {
-                let reference = expand(lexer, inst, &reference, global_env)?;
+                let reference = expand(lexer, inst, &reference, &global_env)?;
                 if let Some(dep) = lookup(&reference, i) {
                     pending.push(dep);
                 }
@@ -388,11 +388,10 @@ pub(crate) fn expand(
     lexer: &Lexer,
     inst: &Instruction,
     word: &str,
-    env: &[(String, String)],
+    env: &dyn Env,
 ) -> Result<String, CompileError> {
-    let env: Vec<(String, String)> = env.to_vec();
     lexer
-        .process_word(word, &env)
+        .process_word(word, env)
         .map_err(|e| CompileError::at(inst, ErrorKind::Expansion(e.to_string())))
 }
 

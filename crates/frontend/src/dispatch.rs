@@ -14,7 +14,7 @@ use crate::instructions::{self, Command, CommandLine, Flags, Health, Source};
 use crate::lint::Lint;
 use crate::parser::{self, Heredoc, Instruction};
 use crate::plan::Step;
-use crate::shell::Lexer;
+use crate::shell::{Env, Lexer};
 use crate::values::{
     format_duration, go_quote_rune, parse_chmod, parse_duration, parse_ports, valid_signal,
 };
@@ -101,18 +101,14 @@ impl<'s, 'a> StageBuilder<'s, 'a> {
         Ok(())
     }
 
-    /// The environment words are expanded in: ARGs, shadowed by ENV.
-    fn env(&self) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = self
-            .args
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
-            .collect();
-        for entry in self.config.env.iter().flatten() {
-            let (k, v) = entry.split_once('=').unwrap_or((entry, ""));
-            env.push((k.to_string(), v.to_string()));
+    /// The environment words are expanded in: ENV, then the stage's ARGs.
+    /// A view, not a copy: expansion is the compiler's hot path.
+    fn env(&self) -> StageEnv<'_> {
+        StageEnv {
+            env: self.config.env.as_deref().unwrap_or_default(),
+            args: &self.args,
+            fallback: &[],
         }
-        env
     }
 
     /// Expands a word, reporting variables that are neither set nor
@@ -319,8 +315,11 @@ impl<'s, 'a> StageBuilder<'s, 'a> {
         // --build-arg value (BuildKit's dispatchArg).
         let mut recorded = Vec::new();
         for (name, default) in args {
-            let mut env = self.env();
-            env.extend(self.shared.platform_args.iter().cloned());
+            // ARG defaults also see the platform ARGs, undeclared.
+            let env = StageEnv {
+                fallback: self.shared.platform_args,
+                ..self.env()
+            };
             let expanded = default
                 .as_deref()
                 .map(|d| expand(self.shared.lexer, inst, d, &env))
@@ -771,6 +770,30 @@ impl<'s, 'a> StageBuilder<'s, 'a> {
         self.config.healthcheck = Some(config);
         self.record(inst, created_by, None);
         Ok(())
+    }
+}
+
+/// The variables a stage's words see, looked up in place: ENV (the last
+/// entry of a name wins), then the stage's ARGs (declared without a value:
+/// unset), then `fallback`.
+struct StageEnv<'a> {
+    env: &'a [String],
+    args: &'a [(String, Option<String>)],
+    fallback: &'a [(String, String)],
+}
+
+impl Env for StageEnv<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        for entry in self.env.iter().rev() {
+            let (key, value) = entry.split_once('=').unwrap_or((entry, ""));
+            if key == name {
+                return Some(value);
+            }
+        }
+        if let Some((_, value)) = self.args.iter().rev().find(|(k, _)| k == name) {
+            return value.as_deref();
+        }
+        Env::get(self.fallback, name)
     }
 }
 
