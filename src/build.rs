@@ -1,6 +1,6 @@
 //! `rbuild build`: read the Dockerfile, compile, build, export.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use rbuild_export::{
     ImageRef, Target, load_image, write_docker_archive, write_oci_layout, write_rootfs_dir,
     write_rootfs_tar,
@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::cli::BuildArgs;
 use crate::output::{Dest, Output};
-use crate::prepare::{Bases, prepare, print_lints};
+use crate::prepare::{Bases, prepare, report};
 
 pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
     if args.check {
@@ -33,19 +33,8 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
     };
     let prepared = prepare(root, &args, Bases::Required)?;
     let (dockerfile_name, plan) = (&prepared.dockerfile_name, &prepared.plan);
-    if !args.quiet && !plan.unused_build_args.is_empty() {
-        eprintln!(
-            "warning: build-args {:?} were not consumed by any ARG",
-            plan.unused_build_args
-        );
-    }
-    if prepared.lints_are_errors && !prepared.lints.is_empty() {
-        print_lints(&prepared);
-        bail!(
-            "{} build check(s) failed, and the Dockerfile says check=error=true",
-            prepared.lints.len()
-        );
-    }
+    // Warnings go to stderr even with -q, which keeps stdout for the ID.
+    report(&prepared)?;
 
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => Some(
@@ -72,7 +61,6 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
     })?;
     if !args.quiet {
         report_steps(plan);
-        print_lints(&prepared);
     }
 
     for output in &outputs {

@@ -112,14 +112,28 @@ pub fn prepare(root: &Root, args: &BuildArgs, bases: Bases) -> Result<Prepared> 
     })
 }
 
-/// Prints the build checks' findings, as `FILE:LINE: warning: Rule: message`.
-pub fn print_lints(prepared: &Prepared) {
+/// Prints the build checks' findings (`FILE:LINE: warning: Rule: message`)
+/// and unused build args; fails when the Dockerfile says
+/// `# check=error=true` and there are findings.
+pub fn report(prepared: &Prepared) -> Result<()> {
     for l in &prepared.lints {
         eprintln!(
             "{}:{}: warning: {}: {}",
             prepared.dockerfile_name, l.line, l.rule, l.message
         );
     }
+    if !prepared.plan.unused_build_args.is_empty() {
+        eprintln!(
+            "warning: build-args {:?} were not consumed by any ARG",
+            prepared.plan.unused_build_args
+        );
+    }
+    let n = prepared.lints.len();
+    if prepared.lints_are_errors && n > 0 {
+        let s = if n == 1 { "" } else { "s" };
+        bail!("{n} build check{s} failed, and the Dockerfile says check=error=true");
+    }
+    Ok(())
 }
 
 fn check_context(context: &Path) -> Result<()> {

@@ -59,8 +59,7 @@ fn plan(src: &str) -> Plan {
 
 fn error(src: &str) -> String {
     compile_with(src, &[], None, &Images::default())
-        .err()
-        .expect("should fail")
+        .expect_err("should fail")
         .to_string()
 }
 
@@ -372,7 +371,7 @@ fn copy_heredocs_and_flags() {
     assert!(!c.unpack);
     let a = copy("FROM scratch\nADD x.tar.gz /x/\n");
     assert!(a.unpack);
-    assert!(copy("FROM scratch\nADD --unpack=false x.tar.gz /x/\n").unpack == false);
+    assert!(!copy("FROM scratch\nADD --unpack=false x.tar.gz /x/\n").unpack);
     assert!(error("FROM scratch\nCOPY --chmod=u+x a b\n").contains("--chmod"));
     assert!(
         error("FROM scratch\nCOPY --checksum=sha256:0 a b\n").contains("unknown flag: --checksum")
