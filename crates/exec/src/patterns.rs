@@ -21,6 +21,8 @@
 
 use std::borrow::Cow;
 
+use rbuild_oci::path::go_clean as clean;
+
 /// A compiled list of ignore patterns.
 #[derive(Debug, Clone)]
 pub struct PatternMatcher {
@@ -577,36 +579,6 @@ fn normalize_query(path: &str) -> Option<Cow<'_, str>> {
         Cow::Borrowed(p) => Cow::Borrowed(p.trim_start_matches('/')),
         Cow::Owned(ref p) => Cow::Owned(p.trim_start_matches('/').to_string()),
     })
-}
-
-/// Go's `path.Clean`: the shortest equivalent path, lexically.
-fn clean(path: &str) -> String {
-    if path.is_empty() {
-        return ".".to_string();
-    }
-    let rooted = path.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|last| *last != "..") {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push("..");
-                }
-            }
-            other => parts.push(other),
-        }
-    }
-    let joined = parts.join("/");
-    if rooted {
-        format!("/{joined}")
-    } else if joined.is_empty() {
-        ".".to_string()
-    } else {
-        joined
-    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use rbuild_oci::path::go_clean as clean;
+
 /// The longest line moby's reader accepts: Go's `bufio.Scanner` gives up
 /// ("token too long") on a line that, with its newline, does not fit in 64 KiB.
 pub const MAX_LINE_BYTES: usize = 64 * 1024 - 1;
@@ -182,36 +184,6 @@ fn with_path(error: DockerIgnoreError, path: &Path) -> DockerIgnoreError {
             len,
         },
         other => other,
-    }
-}
-
-/// Go's `path.Clean`: the shortest equivalent path, lexically.
-fn clean(path: &str) -> String {
-    if path.is_empty() {
-        return ".".to_string();
-    }
-    let rooted = path.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|last| *last != "..") {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push("..");
-                }
-            }
-            other => parts.push(other),
-        }
-    }
-    let joined = parts.join("/");
-    if rooted {
-        format!("/{joined}")
-    } else if joined.is_empty() {
-        ".".to_string()
-    } else {
-        joined
     }
 }
 
