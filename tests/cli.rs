@@ -568,3 +568,43 @@ fn copy_heredocs_write_files() {
         0o755
     );
 }
+
+#[test]
+fn copy_exclude_and_parents() {
+    let env = Env::new();
+    let ctx = env.context(
+        "flags",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\nCOPY --exclude=*.log --exclude=tmp app/ /app/\nCOPY --parents src/a/x.txt src/b/y.txt /p/\n\
+                 COPY --parents ./src/./a/x.txt /pivot/\nCOPY --exclude=*.md *.txt *.md /files/\n",
+            ),
+            ("app/main.go", "package main\n"),
+            ("app/debug.log", "log\n"),
+            ("app/tmp/t", "t\n"),
+            ("app/sub/keep.txt", "keep\n"),
+            ("app/sub/x.log", "patterns are anchored at the copied directory\n"),
+            ("src/a/x.txt", "x\n"),
+            ("src/b/y.txt", "y\n"),
+            ("top.txt", "top\n"),
+            ("readme.md", "readme\n"),
+        ],
+    );
+    let out = env.path("out");
+    env.ok(&["-o", out.to_str().unwrap(), ctx.to_str().unwrap()]);
+    for present in [
+        "app/main.go",
+        "app/sub/keep.txt",
+        "app/sub/x.log",
+        "p/src/a/x.txt",
+        "p/src/b/y.txt",
+        "pivot/a/x.txt",
+        "files/top.txt",
+    ] {
+        assert!(out.join(present).is_file(), "{present} missing");
+    }
+    for absent in ["app/debug.log", "app/tmp", "files/readme.md", "pivot/src"] {
+        assert!(!out.join(absent).exists(), "{absent} should not be there");
+    }
+}

@@ -54,6 +54,12 @@ pub struct CopySpec<'a> {
     /// Files of the source that do not exist for the copy (.dockerignore),
     /// matched against paths relative to the source root.
     pub exclude: Option<&'a PatternMatcher>,
+    /// `--exclude` patterns, matched against paths relative to each
+    /// copied source (and a file source's own name).
+    pub copy_exclude: Option<&'a PatternMatcher>,
+    /// `--parents`: sources keep their path (after a `/./` pivot, if any)
+    /// below the destination directory.
+    pub parents: bool,
     /// ADD: a local tar archive (plain or gzip) is extracted into `dest`.
     pub unpack: bool,
     /// Where extracted archives are kept until the layer is written.
@@ -77,9 +83,12 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Copied, CopyEr
     let mut matches: Vec<(String, PathBuf)> = Vec::new();
     for source in spec.sources {
         let found = find_sources(&context_root, source, spec.exclude)?;
-        matches.extend(found.into_iter().map(|p| (source.clone(), p)));
+        let kept = found
+            .into_iter()
+            .filter(|p| !excluded_by_copy(spec, &context_root, p));
+        matches.extend(kept.map(|p| (source.clone(), p)));
     }
-    let dest_is_dir_hint = spec.dest.ends_with('/') || spec.dest.ends_with("/.");
+    let dest_is_dir_hint = spec.dest.ends_with('/') || spec.dest.ends_with("/.") || spec.parents;
     let has_wildcard = spec.sources.iter().any(|s| has_meta(s));
     if (matches.len() > 1 || spec.sources.len() > 1)
         && !dest_is_dir_hint
@@ -96,17 +105,34 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Copied, CopyEr
     let owner = spec.owner.unwrap_or(Owner { uid: 0, gid: 0 });
     for (source, host_path) in &matches {
         let meta = fs::metadata(host_path).map_err(|e| io_err(host_path, e))?;
+        // With --parents, each source lands at its own path below dest.
+        let dest = match spec.parents {
+            true => join(
+                &dest,
+                &parents_path(source, &relative_to(&context_root, host_path)),
+            ),
+            false => dest.clone(),
+        };
         if meta.is_dir() {
             // The directory's contents go into dest, which is created like
             // any missing parent (BuildKit does not copy the source
             // directory's own owner or mode onto it).
             create_parents(&dest, base, &owner, spec, &mut out, true);
             let dir_rel = relative_to(&context_root, host_path);
-            let exclude = spec.exclude.map(|excludes| Exclude {
-                excludes,
-                dir_rel: &dir_rel,
-            });
-            for mut entry in entries_of_tree_filtered(host_path, &dest, exclude)
+            let mut excludes = Vec::new();
+            if let Some(excludes_) = spec.exclude {
+                excludes.push(Exclude {
+                    excludes: excludes_,
+                    dir_rel: &dir_rel,
+                });
+            }
+            if let Some(copy_exclude) = spec.copy_exclude {
+                excludes.push(Exclude {
+                    excludes: copy_exclude,
+                    dir_rel: "",
+                });
+            }
+            for mut entry in entries_of_tree_filtered(host_path, &dest, &excludes)
                 .map_err(|e| io_err(host_path, e))?
             {
                 finish_entry(&mut entry, spec, spec.keep_owners);
@@ -135,7 +161,7 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Copied, CopyEr
                 .file_name()
                 .and_then(|n| n.to_str())
                 .ok_or_else(|| CopyError::NotFound(source.clone()))?;
-            let into_dir = dest_is_dir_hint
+            let into_dir = (dest_is_dir_hint && !spec.parents)
                 || dest.is_empty()
                 || base.is_dir(&dest)
                 || out
@@ -317,6 +343,34 @@ fn find_sources(
         });
     }
     Ok(found)
+}
+
+/// Whether `--exclude` leaves out a matched source: by its path in the
+/// source or by its own name.
+fn excluded_by_copy(spec: &CopySpec<'_>, root: &Path, path: &Path) -> bool {
+    let Some(matcher) = spec.copy_exclude else {
+        return false;
+    };
+    let rel = relative_to(root, path);
+    let name = rel.rsplit('/').next().unwrap_or(&rel);
+    !rel.is_empty() && (matcher.excludes(&rel) || matcher.excludes(name))
+}
+
+/// The path a `--parents` source keeps below the destination: its path in
+/// the source, minus everything up to a `/./` pivot in the pattern.
+fn parents_path(pattern: &str, rel: &str) -> String {
+    match pattern.find("/./") {
+        Some(at) => {
+            let pivot = rbuild_oci::path::clean(&pattern[..at]);
+            match rel.strip_prefix(&pivot) {
+                Some(rest) if pivot.is_empty() || rest.is_empty() || rest.starts_with('/') => {
+                    rest.trim_start_matches('/').to_string()
+                }
+                _ => rel.to_string(),
+            }
+        }
+        None => rel.to_string(),
+    }
 }
 
 /// `path` relative to `root`, with `/` separators ("" for the root).
@@ -548,6 +602,8 @@ mod tests {
             created_dir_mtime: 0,
             keep_owners: false,
             exclude: None,
+            copy_exclude: None,
+            parents: false,
             unpack: false,
             scratch: ctx.path(),
         };

@@ -189,39 +189,39 @@ impl<R: Read> Read for ExactSize<'_, R> {
 /// to every path. Symlinks are kept as symlinks; owners and modes are the
 /// files' own.
 pub fn entries_of_tree(dir: &Path, prefix: &str) -> io::Result<Vec<Entry>> {
-    entries_of_tree_filtered(dir, prefix, None)
+    entries_of_tree_filtered(dir, prefix, &[])
 }
 
 /// Which files of a tree to skip: `excludes` is matched against paths
-/// relative to a context root, `dir` being at `dir_rel` below that root.
+/// relative to its own root, `dir` being at `dir_rel` below that root.
 #[derive(Clone, Copy)]
 pub struct Exclude<'a> {
     pub excludes: &'a PatternMatcher,
     pub dir_rel: &'a str,
 }
 
-/// Like [`entries_of_tree`], leaving out what `exclude` excludes. An
-/// excluded directory is still entered when an exception may re-include
-/// something below it, and then appears only if something in it does.
+/// Like [`entries_of_tree`], leaving out what any of `excludes` excludes.
+/// An excluded directory is still entered when every matcher excluding it
+/// may re-include something below it, and then appears only if something
+/// in it does.
 pub fn entries_of_tree_filtered(
     dir: &Path,
     prefix: &str,
-    exclude: Option<Exclude<'_>>,
+    excludes: &[Exclude<'_>],
 ) -> io::Result<Vec<Entry>> {
     let mut out = Vec::new();
-    walk(
-        dir,
-        prefix,
-        exclude.map(|e| (e.excludes, e.dir_rel.to_string())),
-        &mut out,
-    )?;
+    let bases: Vec<(&PatternMatcher, String)> = excludes
+        .iter()
+        .map(|e| (e.excludes, e.dir_rel.to_string()))
+        .collect();
+    walk(dir, prefix, &bases, &mut out)?;
     Ok(out)
 }
 
 fn walk(
     dir: &Path,
     prefix: &str,
-    exclude: Option<(&PatternMatcher, String)>,
+    excludes: &[(&PatternMatcher, String)],
     out: &mut Vec<Entry>,
 ) -> io::Result<()> {
     let mut names: Vec<_> = fs::read_dir(dir)?
@@ -242,27 +242,28 @@ fn walk(
             format!("{prefix}/{name_str}")
         };
         let meta = fs::symlink_metadata(&path)?;
-        let child_exclude = exclude.as_ref().map(|(m, base)| {
-            let context_rel = if base.is_empty() {
-                name_str.to_string()
-            } else {
-                format!("{base}/{name_str}")
-            };
-            (*m, context_rel)
-        });
-        let excluded = child_exclude.as_ref().is_some_and(|(m, r)| m.excludes(r));
-        if !excluded {
+        let child: Vec<(&PatternMatcher, String)> = excludes
+            .iter()
+            .map(|(m, base)| {
+                (
+                    *m,
+                    if base.is_empty() {
+                        name_str.to_string()
+                    } else {
+                        format!("{base}/{name_str}")
+                    },
+                )
+            })
+            .collect();
+        let mut excluding = child.iter().filter(|(m, r)| m.excludes(r)).peekable();
+        if excluding.peek().is_none() {
             out.push(entry_from_metadata(&path, rel.clone(), &meta)?);
             if meta.is_dir() {
-                walk(&path, &rel, child_exclude, out)?;
+                walk(&path, &rel, &child, out)?;
             }
-        } else if meta.is_dir()
-            && child_exclude
-                .as_ref()
-                .is_some_and(|(m, r)| m.may_include_below(r))
-        {
+        } else if meta.is_dir() && excluding.all(|(m, r)| m.may_include_below(r)) {
             let mut inner = Vec::new();
-            walk(&path, &rel, child_exclude, &mut inner)?;
+            walk(&path, &rel, &child, &mut inner)?;
             if !inner.is_empty() {
                 out.push(entry_from_metadata(&path, rel.clone(), &meta)?);
                 out.append(&mut inner);

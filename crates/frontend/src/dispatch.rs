@@ -395,7 +395,8 @@ impl<'s, 'a> StageBuilder<'s, 'a> {
     ) -> Result<(), CompileError> {
         let what = if add { "ADD" } else { "COPY" };
         flags.boolean("link").map_err(|e| invalid(inst, &e))?;
-        for unsupported in ["exclude", "parents", "checksum", "keep-git-dir"] {
+        // Both only mean something for ADD from git or URLs.
+        for unsupported in ["checksum", "keep-git-dir"] {
             if !flags.all(unsupported).is_empty() || flags.boolean(unsupported).unwrap_or(false) {
                 return Err(CompileError::at(
                     inst,
@@ -445,13 +446,34 @@ impl<'s, 'a> StageBuilder<'s, 'a> {
                 }
             }
         }
-        let dest_abs = absolute(&self.workdir(), &dest_expanded);
+        let mut exclude = Vec::new();
+        for pattern in flags.all("exclude") {
+            exclude.push(self.expand(inst, pattern)?);
+        }
+        let parents = flags.boolean("parents").map_err(|e| invalid(inst, &e))?;
+        let template = CopyOp {
+            base: self.state,
+            source: self.state,
+            sources: Vec::new(),
+            dest: absolute(&self.workdir(), &dest_expanded),
+            chown,
+            chmod,
+            unpack: false,
+            exclude,
+            parents,
+        };
         let created_by = format!("{what} {} {dest_expanded} # buildkit", words.join(" "));
         let mut node = self.state;
         if !inline.is_empty() {
-            let names = inline.iter().map(|(n, _)| n.clone()).collect();
+            let sources = inline.iter().map(|(n, _)| n.clone()).collect();
             let source = self.add_node(inst, Op::Inline(inline));
-            node = self.add_copy(inst, node, source, names, &dest_abs, &chown, chmod, false);
+            let op = CopyOp {
+                base: node,
+                source,
+                sources,
+                ..template.clone()
+            };
+            node = self.add_node(inst, Op::Copy(op));
         }
         if !paths.is_empty() {
             let source = match self.expand_flag(inst, flags, "from")? {
@@ -465,34 +487,17 @@ impl<'s, 'a> StageBuilder<'s, 'a> {
                     }),
                 ),
             };
-            node = self.add_copy(inst, node, source, paths, &dest_abs, &chown, chmod, unpack);
+            let op = CopyOp {
+                base: node,
+                source,
+                sources: paths,
+                unpack,
+                ..template
+            };
+            node = self.add_node(inst, Op::Copy(op));
         }
         self.record(inst, created_by, Some(node));
         Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn add_copy(
-        &mut self,
-        inst: &Instruction,
-        base: NodeId,
-        source: NodeId,
-        sources: Vec<String>,
-        dest: &str,
-        chown: &Option<String>,
-        chmod: Option<u32>,
-        unpack: bool,
-    ) -> NodeId {
-        let op = CopyOp {
-            base,
-            source,
-            sources,
-            dest: dest.to_string(),
-            chown: chown.clone(),
-            chmod,
-            unpack,
-        };
-        self.add_node(inst, Op::Copy(op))
     }
 
     /// `--from=`: an earlier stage (by name or index), else an image.

@@ -50,6 +50,10 @@ pub struct CopyOp {
     pub chmod: Option<u32>,
     /// `ADD`: local archives are extracted.
     pub unpack: bool,
+    /// `--exclude` patterns, relative to each copied source.
+    pub exclude: Vec<String>,
+    /// `--parents`: sources keep their paths below `dest`.
+    pub parents: bool,
 }
 
 /// WORKDIR's directory creation.
@@ -159,6 +163,8 @@ impl Op {
                 "chown": c.chown,
                 "chmod": c.chmod,
                 "unpack": c.unpack,
+                "exclude": c.exclude,
+                "parents": c.parents,
             }),
             Op::Mkdir(m) => json!({ "base": digest(m.base), "path": m.path, "user": m.user }),
             Op::Exec(e) => json!({
@@ -318,6 +324,8 @@ mod tests {
             chown: None,
             chmod: None,
             unpack: false,
+            exclude: vec![],
+            parents: false,
         })
     }
 

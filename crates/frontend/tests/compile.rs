@@ -369,6 +369,11 @@ fn copy_heredocs_and_flags() {
     assert_eq!(c.chown.as_deref(), Some("1000:staff"));
     assert_eq!(c.chmod, Some(0o640));
     assert!(!c.unpack);
+    let e = copy("FROM scratch\nARG P=*.md\nCOPY --exclude=$P --exclude=tmp --parents a b/\n");
+    assert_eq!(
+        (e.exclude, e.parents),
+        (vec!["*.md".to_string(), "tmp".to_string()], true)
+    );
     let a = copy("FROM scratch\nADD x.tar.gz /x/\n");
     assert!(a.unpack);
     assert!(!copy("FROM scratch\nADD --unpack=false x.tar.gz /x/\n").unpack);

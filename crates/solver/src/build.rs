@@ -303,7 +303,18 @@ impl Run<'_> {
             self.graph.node(copy.source).op,
             Op::Context(_) | Op::Inline(_)
         );
+        let copy_exclude = match copy.exclude.is_empty() {
+            true => None,
+            false => Some(
+                PatternMatcher::new(&copy.exclude).map_err(|e| BuildError::Source {
+                    line,
+                    source: std::io::Error::other(format!("--exclude: {e}")),
+                })?,
+            ),
+        };
         let spec = CopySpec {
+            copy_exclude: copy_exclude.as_ref(),
+            parents: copy.parents,
             keep_owners,
             exclude: excludes.as_ref(),
             context: source_dir.path(),
