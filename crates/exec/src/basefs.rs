@@ -50,6 +50,17 @@ pub enum UserError {
     Invalid(String),
 }
 
+/// The credentials a RUN process gets for a USER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups: every group in /etc/group listing the user.
+    pub additional_gids: Vec<u32>,
+    /// The home directory from /etc/passwd ("/" when unknown).
+    pub home: String,
+}
+
 /// A resolved `user[:group]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
@@ -256,6 +267,103 @@ impl BaseFs {
         Ok(Owner { uid, gid })
     }
 
+    /// Resolves a USER for running a process, as runc does for docker
+    /// (moby's GetExecUser): a name must be in /etc/passwd; a number need
+    /// not be, and then its group is 0; `:group` overrides the primary
+    /// group; supplementary groups are the /etc/group entries that list
+    /// the user by name.
+    pub fn exec_user(&self, spec: &str) -> Result<ExecUser, UserError> {
+        let (user, group) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        let user = if user.is_empty() { "root" } else { user };
+        let entry = self
+            .passwd_entries()
+            .into_iter()
+            .find(|e| match parse_id(user) {
+                Ok(Some(uid)) => e.uid == uid,
+                _ => e.name == user,
+            });
+        let (uid, primary, name, home) = match (parse_id(user)?, entry) {
+            (_, Some(e)) => (e.uid, e.gid, Some(e.name), e.home),
+            (Some(uid), None) => (uid, 0, None, "/".to_string()),
+            (None, None) => return Err(UserError::NoUser(user.to_string())),
+        };
+        let gid = match group {
+            None | Some("") => primary,
+            Some(group) => match parse_id(group)? {
+                Some(gid) => gid,
+                None => self
+                    .group_lookup(group)
+                    .ok_or_else(|| UserError::NoGroup(group.to_string()))?,
+            },
+        };
+        let mut additional_gids = Vec::new();
+        if let Some(name) = &name {
+            for (gid, members) in self.group_entries() {
+                if members.iter().any(|m| m == name) && !additional_gids.contains(&gid) {
+                    additional_gids.push(gid);
+                }
+            }
+        }
+        Ok(ExecUser {
+            uid,
+            gid,
+            additional_gids,
+            home,
+        })
+    }
+
+    fn passwd_entries(&self) -> Vec<PasswdEntry> {
+        let Some(passwd) = self.file("etc/passwd") else {
+            return Vec::new();
+        };
+        BufReader::new(passwd)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split(':').collect();
+                if f.len() < 4 || line.starts_with('#') {
+                    return None;
+                }
+                Some(PasswdEntry {
+                    name: f[0].to_string(),
+                    uid: f[2].parse().ok()?,
+                    gid: f[3].parse().ok()?,
+                    home: f
+                        .get(5)
+                        .filter(|h| !h.is_empty())
+                        .map_or("/".to_string(), |h| h.to_string()),
+                })
+            })
+            .collect()
+    }
+
+    /// (gid, member names) of every /etc/group entry.
+    fn group_entries(&self) -> Vec<(u32, Vec<String>)> {
+        let Some(group) = self.file("etc/group") else {
+            return Vec::new();
+        };
+        BufReader::new(group)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split(':').collect();
+                if f.len() < 3 || line.starts_with('#') {
+                    return None;
+                }
+                let members = f.get(3).map_or(Vec::new(), |m| {
+                    m.split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(|n| n.trim().to_string())
+                        .collect()
+                });
+                Some((f[2].parse().ok()?, members))
+            })
+            .collect()
+    }
+
     fn passwd_lookup(&self, name: &str) -> Option<(u32, u32)> {
         let passwd = self.file("etc/passwd")?;
         BufReader::new(passwd)
@@ -281,6 +389,13 @@ impl BaseFs {
                     .flatten()
             })
     }
+}
+
+struct PasswdEntry {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: String,
 }
 
 /// A number is an id (rejected above 2^32-1); anything else is a name.
@@ -421,6 +536,38 @@ mod tests {
         assert!(matches!(
             fs.owner("4294967296"),
             Err(UserError::OutOfRange(_))
+        ));
+        // RUN's user: supplementary groups from /etc/group, home from passwd.
+        let app = fs.exec_user("app").unwrap();
+        assert_eq!(
+            (
+                app.uid,
+                app.gid,
+                app.additional_gids.clone(),
+                app.home.as_str()
+            ),
+            (1000, 1001, vec![50], "/home/app")
+        );
+        assert_eq!(
+            fs.exec_user("1000").unwrap(),
+            app,
+            "a uid in passwd is that user"
+        );
+        let unknown = fs.exec_user("4242").unwrap();
+        assert_eq!(
+            (unknown.uid, unknown.gid, unknown.additional_gids.len()),
+            (4242, 0, 0)
+        );
+        assert_eq!(fs.exec_user("app:root").unwrap().gid, 0);
+        assert_eq!(fs.exec_user("").unwrap().uid, 0);
+        assert!(matches!(fs.exec_user("nobody"), Err(UserError::NoUser(_))));
+        assert!(matches!(
+            fs.exec_user("4294967296"),
+            Err(UserError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            fs.exec_user("app:nogroup"),
+            Err(UserError::NoGroup(_))
         ));
     }
 }
