@@ -465,6 +465,7 @@ mod tests {
                 uid: 0,
                 gid: 0,
                 mtime: 0,
+                xattrs: Vec::new(),
             })
             .unwrap();
         }

@@ -258,6 +258,7 @@ fn create_parents(
                 uid: u64::from(owner.uid),
                 gid: u64::from(owner.gid),
                 mtime: spec.created_dir_mtime,
+                xattrs: Vec::new(),
             },
         );
     }

@@ -33,6 +33,18 @@ pub enum EntryKind {
     Hardlink {
         target: String,
     },
+    /// A character device node.
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    /// A block device node.
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
+    /// A named pipe.
+    Fifo,
 }
 
 /// One entry of a layer: a path relative to the root, without a leading or
@@ -47,6 +59,9 @@ pub struct Entry {
     pub gid: u64,
     /// Seconds since the epoch.
     pub mtime: u64,
+    /// Extended attributes (name, value), written as PAX
+    /// `SCHILY.xattr.<name>` records sorted by name.
+    pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
 /// Writes a layer tar to `W`, hashing it on the way.
@@ -69,13 +84,13 @@ impl<W: Write> LayerWriter<W> {
         header.set_gid(entry.gid);
         header.set_mtime(entry.mtime);
         header.set_size(0);
-        let mut pax: Vec<(&str, &[u8])> = Vec::new();
+        let mut pax: Vec<(String, &[u8])> = Vec::new();
         let name = match entry.kind {
             EntryKind::Directory => format!("{}/", entry.path),
             _ => entry.path.clone(),
         };
         if header.set_path(&name).is_err() || !name.is_ascii() {
-            pax.push(("path", name.as_bytes()));
+            pax.push(("path".into(), name.as_bytes()));
             set_truncated_name(&mut header, &name);
         }
         let link = match &entry.kind {
@@ -85,12 +100,14 @@ impl<W: Write> LayerWriter<W> {
         if let Some(target) = link
             && (header.set_link_name(target).is_err() || !target.is_ascii())
         {
-            pax.push(("linkpath", target.as_bytes()));
+            pax.push(("linkpath".into(), target.as_bytes()));
             // The ustar field is ignored when a PAX record is present.
             let _ = header.set_link_name("");
         }
+        pax.extend(xattr_records(entry)?);
         if !pax.is_empty() {
-            self.builder.append_pax_extensions(pax)?;
+            self.builder
+                .append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), *v)))?;
         }
         match &entry.kind {
             EntryKind::Directory => {
@@ -105,6 +122,22 @@ impl<W: Write> LayerWriter<W> {
             }
             EntryKind::Hardlink { .. } => {
                 header.set_entry_type(tar::EntryType::Link);
+                header.set_cksum();
+                self.builder.append(&header, io::empty())
+            }
+            EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => {
+                header.set_entry_type(if matches!(entry.kind, EntryKind::CharDevice { .. }) {
+                    tar::EntryType::Char
+                } else {
+                    tar::EntryType::Block
+                });
+                header.set_device_major(*major)?;
+                header.set_device_minor(*minor)?;
+                header.set_cksum();
+                self.builder.append(&header, io::empty())
+            }
+            EntryKind::Fifo => {
+                header.set_entry_type(tar::EntryType::Fifo);
                 header.set_cksum();
                 self.builder.append(&header, io::empty())
             }
@@ -138,6 +171,32 @@ impl<W: Write> LayerWriter<W> {
         out.flush()?;
         Ok(out.finish())
     }
+}
+
+/// The PAX `SCHILY.xattr.<name>` records of an entry, sorted by name so
+/// the output does not depend on the order the caller listed them in.
+/// Values are raw bytes. A name that PAX cannot carry (empty, with `=` or
+/// NUL) or that appears twice is refused.
+fn xattr_records(entry: &Entry) -> io::Result<Vec<(String, &[u8])>> {
+    let mut attrs: Vec<&(String, Vec<u8>)> = entry.xattrs.iter().collect();
+    attrs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<(String, &[u8])> = Vec::with_capacity(attrs.len());
+    for (i, (name, value)) in attrs.iter().enumerate() {
+        let invalid = |why: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: extended attribute {name:?} {why}", entry.path),
+            )
+        };
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(invalid("cannot be stored in a tar PAX record"));
+        }
+        if i > 0 && attrs[i - 1].0 == *name {
+            return Err(invalid("is listed twice"));
+        }
+        out.push((format!("SCHILY.xattr.{name}"), value.as_slice()));
+    }
+    Ok(out)
 }
 
 /// A ustar name field for a name that needs a PAX record: the last 100
@@ -309,6 +368,7 @@ pub fn entry_from_metadata(path: &Path, rel: String, meta: &fs::Metadata) -> io:
         uid: u64::from(meta.uid()),
         gid: u64::from(meta.gid()),
         mtime: u64::try_from(meta.mtime()).unwrap_or(0),
+        xattrs: Vec::new(),
     })
 }
 
@@ -324,6 +384,7 @@ mod tests {
             uid: 0,
             gid: 0,
             mtime: 1,
+            xattrs: Vec::new(),
         }
     }
 
@@ -382,5 +443,115 @@ mod tests {
             ("d/ünï".to_string(), Some(format!("/{}/t", "y".repeat(150))))
         );
         assert_eq!(names[3], ("d/h".to_string(), Some(long)));
+    }
+
+    /// PAX records ("LEN key=value\n", LEN counting the whole record) as
+    /// (key, value), by their lengths.
+    fn parse_pax(mut data: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !data.is_empty() {
+            let sp = data.iter().position(|&b| b == b' ').unwrap();
+            let len: usize = std::str::from_utf8(&data[..sp]).unwrap().parse().unwrap();
+            let (record, rest) = data.split_at(len);
+            assert_eq!(record.last(), Some(&b'\n'));
+            let kv = &record[sp + 1..len - 1];
+            let eq = kv.iter().position(|&b| b == b'=').unwrap();
+            out.push((
+                String::from_utf8(kv[..eq].to_vec()).unwrap(),
+                kv[eq + 1..].to_vec(),
+            ));
+            data = rest;
+        }
+        out
+    }
+
+    #[test]
+    fn devices_fifos_and_xattrs() {
+        let entries = vec![
+            entry("dev/null", EntryKind::CharDevice { major: 1, minor: 3 }),
+            entry("dev/sda", EntryKind::BlockDevice { major: 8, minor: 0 }),
+            entry("p", EntryKind::Fifo),
+            Entry {
+                // Listed out of order; written sorted.
+                xattrs: vec![
+                    ("user.z".into(), b"\0bin\xffary\n".to_vec()),
+                    ("security.capability".into(), vec![1, 0, 0, 2, 0, 0x20]),
+                ],
+                ..entry("ping", EntryKind::Bytes(b"x".to_vec()))
+            },
+        ];
+        let write = |entries: &[Entry]| {
+            let mut w = LayerWriter::new(Vec::new());
+            for e in entries {
+                w.add(e).unwrap();
+            }
+            w.finish().unwrap().2
+        };
+        let bytes = write(&entries);
+        let mut reordered = entries.clone();
+        reordered[3].xattrs.reverse();
+        assert_eq!(write(&reordered), bytes);
+
+        // Raw members, PAX headers included: the tar crate's own PAX
+        // parser splits records at newlines, which binary values contain.
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let mut seen = Vec::new();
+        let mut pax = Vec::new();
+        for e in archive.entries().unwrap().raw(true) {
+            let mut e = e.unwrap();
+            let h = e.header().clone();
+            if h.entry_type() == tar::EntryType::XHeader {
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                pax = parse_pax(&data);
+                continue;
+            }
+            seen.push((
+                e.path().unwrap().display().to_string(),
+                h.entry_type(),
+                // Blank (not a number) except for devices.
+                h.device_major().ok().flatten(),
+                h.device_minor().ok().flatten(),
+                std::mem::take(&mut pax),
+            ));
+        }
+        use tar::EntryType as T;
+        assert_eq!(seen[0].0, "dev/null");
+        assert_eq!(
+            (seen[0].1, seen[0].2, seen[0].3),
+            (T::Char, Some(1), Some(3))
+        );
+        assert_eq!(
+            (seen[1].1, seen[1].2, seen[1].3),
+            (T::Block, Some(8), Some(0))
+        );
+        assert_eq!(seen[2].1, T::Fifo);
+        assert_eq!(seen[3].1, T::Regular);
+        assert_eq!(
+            seen[3].4,
+            vec![
+                (
+                    "SCHILY.xattr.security.capability".to_string(),
+                    vec![1, 0, 0, 2, 0, 0x20]
+                ),
+                (
+                    "SCHILY.xattr.user.z".to_string(),
+                    b"\0bin\xffary\n".to_vec()
+                ),
+            ]
+        );
+
+        // Names PAX cannot carry, and duplicates, are refused.
+        for bad in [
+            vec![("a=b".to_string(), vec![])],
+            vec![("u.a".into(), vec![]), ("u.a".into(), vec![1])],
+        ] {
+            let e = Entry {
+                xattrs: bad,
+                ..entry("f", EntryKind::Fifo)
+            };
+            let err = LayerWriter::new(Vec::new()).add(&e).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        }
     }
 }

@@ -10,6 +10,9 @@
 
 pub mod apply;
 pub mod basefs;
+pub mod container;
 pub mod copy;
+pub mod diff;
 pub mod layer;
 pub mod patterns;
+pub mod snapshot;
