@@ -6,7 +6,7 @@ use rbuild_export::{
     write_rootfs_tar,
 };
 use rbuild_oci::Reference;
-use rbuild_solver::{BuildOptions, BuiltImage, ImageRecord, Root, build};
+use rbuild_solver::{BuildOptions, BuiltImage, Executor, ImageRecord, Root, build};
 use serde_json::json;
 
 use crate::cli::BuildArgs;
@@ -43,16 +43,28 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
         ),
         _ => None,
     };
-    let built = build(
-        plan,
-        &root.content,
-        &BuildOptions {
-            context,
-            scratch: &root.tmp_dir(),
-            source_date_epoch,
-        },
-    )
-    .map_err(|e| match e.line() {
+    // RUN output goes to stderr line by line as it comes, each line marked
+    // with its Dockerfile line; with -q it is kept and shown only if the
+    // build fails.
+    let log = RunLog::new(args.quiet);
+    let output = |line: usize, stream: u8, bytes: &[u8]| log.write(line, stream, bytes);
+    let init =
+        std::env::current_exe().context("finding the rbuild executable for RUN containers")?;
+    let snapshots = root.path().join("snapshots");
+    let executor = Executor {
+        init: &init,
+        snapshots: &snapshots,
+        output: &output,
+    };
+    let options = BuildOptions {
+        context,
+        scratch: &root.tmp_dir(),
+        source_date_epoch,
+        executor: Some(executor),
+    };
+    let result = build(plan, &root.content, &options);
+    log.finish(result.is_err());
+    let built = result.map_err(|e| match e.line() {
         Some(line) => anyhow!(
             "{dockerfile_name}:{line}: {}",
             e.to_string().trim_start_matches(&format!("line {line}: "))
@@ -175,21 +187,80 @@ fn say_exported(quiet: bool, what: &str, dest: &Dest) {
     }
 }
 
-/// Prints what was built, one line per instruction, as plain progress does.
+/// RUN output, printed whole lines at a time as `#LINE text`.
+struct RunLog {
+    quiet: bool,
+    /// Unfinished lines, per Dockerfile line and stream.
+    pending: std::cell::RefCell<std::collections::BTreeMap<(usize, u8), Vec<u8>>>,
+    /// With -q: the last lines, shown if the build fails.
+    held: std::cell::RefCell<std::collections::VecDeque<String>>,
+}
+
+impl RunLog {
+    /// Lines kept for a failing quiet build.
+    const HELD_LINES: usize = 20;
+
+    fn new(quiet: bool) -> RunLog {
+        RunLog {
+            quiet,
+            pending: Default::default(),
+            held: Default::default(),
+        }
+    }
+
+    fn write(&self, line: usize, stream: u8, bytes: &[u8]) {
+        let mut pending = self.pending.borrow_mut();
+        let buf = pending.entry((line, stream)).or_default();
+        buf.extend_from_slice(bytes);
+        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let text: Vec<u8> = buf.drain(..=end).collect();
+            self.emit(line, &String::from_utf8_lossy(&text[..end]));
+        }
+    }
+
+    fn emit(&self, line: usize, text: &str) {
+        let text = format!("#{line} {text}");
+        if self.quiet {
+            let mut held = self.held.borrow_mut();
+            if held.len() == Self::HELD_LINES {
+                held.pop_front();
+            }
+            held.push_back(text);
+        } else {
+            eprintln!("{text}");
+        }
+    }
+
+    /// Prints unfinished lines, and a quiet build's output if it failed.
+    fn finish(&self, failed: bool) {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        for ((line, _), rest) in pending {
+            if !rest.is_empty() {
+                self.emit(line, &String::from_utf8_lossy(&rest));
+            }
+        }
+        if self.quiet && failed {
+            for text in self.held.borrow().iter() {
+                eprintln!("{text}");
+            }
+        }
+    }
+}
+
+/// Prints what was built, one line per instruction, numbered by its
+/// Dockerfile line like RUN output is.
 fn report_steps(plan: &rbuild_frontend::Plan) {
-    let mut n = 0;
     for stage in &plan.stages {
         let stage_name = stage.name.clone().unwrap_or_else(|| "stage".to_string());
         let total = stage.steps.len();
         for (i, step) in stage.steps.iter().enumerate() {
-            n += 1;
             let what = step
                 .history
                 .created_by
                 .as_deref()
                 .unwrap_or_default()
                 .trim_end_matches(" # buildkit");
-            eprintln!("#{n} [{stage_name} {}/{total}] {what}", i + 1);
+            eprintln!("#{} [{stage_name} {}/{total}] {what}", step.line, i + 1);
         }
     }
 }

@@ -20,6 +20,14 @@ use rbuild_solver::Root;
 use crate::cli::{Cli, Command, DebugCommand};
 
 fn main() -> ExitCode {
+    // A RUN step's container init is this binary re-executed; it must
+    // take over before anything else runs (it never returns).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == rbuild_exec::container::INIT_ARG)
+    {
+        rbuild_exec::container::init_main();
+    }
     let args = cli::with_default_subcommand(std::env::args_os().collect());
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,

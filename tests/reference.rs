@@ -167,6 +167,12 @@ fn docker_busybox() {
 /// Builds `ctx` with BuildKit (as `tag`) and with rbuild (as `tag` in its
 /// own store) and compares config, history and root filesystem.
 fn assert_same_image(env: &Env, ctx: &std::path::Path, tag: &str) {
+    assert_same_image_with(env, ctx, tag, true);
+}
+
+/// As [`assert_same_image`]; `file_mtimes` false leaves file times out
+/// (files a RUN makes carry the time it ran).
+fn assert_same_image_with(env: &Env, ctx: &std::path::Path, tag: &str, file_mtimes: bool) {
     touch_all(ctx);
     docker_busybox();
     run(
@@ -239,6 +245,9 @@ fn assert_same_image(env: &Env, ctx: &std::path::Path, tag: &str) {
     // directories get the build's time, so those are left out of the
     // comparison; everything else must agree.
     let mut theirs_fs = tree(&docker_fs);
+    let mut ours_fs = tree(&our_fs);
+    // Docker's export adds these to every container; RUN adds the
+    // mountpoints to layers too, in both builders.
     for runtime in [
         ".dockerenv",
         "etc/hostname",
@@ -250,8 +259,13 @@ fn assert_same_image(env: &Env, ctx: &std::path::Path, tag: &str) {
         "etc/mtab",
     ] {
         theirs_fs.retain(|path, _| path != runtime && !path.starts_with(&format!("{runtime}/")));
+        ours_fs.retain(|path, _| path != runtime && !path.starts_with(&format!("{runtime}/")));
     }
-    let ours_fs = tree(&our_fs);
+    if !file_mtimes {
+        for node in theirs_fs.values_mut().chain(ours_fs.values_mut()) {
+            node.mtime = None;
+        }
+    }
     let only_theirs: Vec<&String> = theirs_fs
         .keys()
         .filter(|k| !ours_fs.contains_key(*k))
@@ -398,3 +412,45 @@ fn dockerignore_matches_buildkit() {
     assert!(out.join("ctx/secret/keep.txt").is_file() && !out.join("ctx/secret/key").exists());
     assert!(out.join("ctx/docs/README.md").is_file() && !out.join("ctx/docs/guide.md").exists());
 }
+
+/// RUN steps that create, delete and replace files and directories
+/// (whiteouts, opaque directories), links, special modes, unicode names,
+/// thousands of files, an 8 MiB file, and a non-root USER with
+/// supplementary groups: the same image as BuildKit's.
+#[test]
+fn run_steps_match_buildkit() {
+    if !(require_busybox() && require_docker()) {
+        return;
+    }
+    let env = Env::new();
+    env.load_busybox();
+    let ctx = env.context("ctx", &[("Dockerfile", RUNS)]);
+    let tag = unique_tag("runs");
+    let _cleanup = DockerImages(vec![tag.clone()]);
+    assert_same_image_with(&env, &ctx, &tag, false);
+    let out = env.path("rootfs");
+    env.ok(&["-o", out.to_str().unwrap(), ctx.to_str().unwrap()]);
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert_eq!(read("greeting.txt"), "hello env\n");
+    assert_eq!(
+        read("tmp/id"),
+        "uid=1000(app) gid=1000(app) groups=50(staff)\n"
+    );
+    assert_eq!(read("tmp/home"), "/home/app\n");
+    assert_eq!(read("tmp/env"), "ARG_IN_RUN=visible\n");
+    assert_eq!(std::fs::metadata(out.join("big")).unwrap().len(), 8 << 20);
+}
+
+const RUNS: &str = r#"FROM busybox
+ARG GREETING=hello
+ARG ARG_IN_RUN=visible
+ENV FROM_ENV=env
+RUN echo "$GREETING $FROM_ENV" > /greeting.txt && mkdir -p /data/sub && echo one > /data/one && ln -s /data/one /data/link && ln /data/one /data/hard && echo x > /data/sub/x
+RUN rm /data/one && rm -r /data/sub && mkdir /data/sub && echo new > /data/sub/new && rm -rf /tmp && mkdir -m 1777 /tmp
+RUN touch /setuid && chmod 4755 /setuid && mkdir -m 1777 /sticky && echo u > "/ünïcødé" && chmod 2750 /data
+RUN mkdir /many && cd /many && i=0; while [ $i -lt 2000 ]; do echo $i > f$i; i=$((i+1)); done
+RUN dd if=/dev/zero of=/big bs=1M count=8 2>/dev/null
+RUN rm /bin/ls && chown 1000:50 /greeting.txt
+USER app
+RUN id > /tmp/id && echo $HOME > /tmp/home && env | grep ARG_IN_RUN > /tmp/env && touch /home/app/mine
+"#;

@@ -31,6 +31,14 @@ pub enum BuildError {
     Layer { line: usize, source: std::io::Error },
     #[error("line {line}: {what} is not supported by this version of rbuild yet")]
     Unsupported { line: usize, what: String },
+    #[error("line {line}: RUN {command} failed: {status}")]
+    Run {
+        line: usize,
+        command: String,
+        status: String,
+    },
+    #[error("line {line}: RUN: {message}")]
+    Exec { line: usize, message: String },
     #[error("line {line}: preparing the files to copy: {source}")]
     Source { line: usize, source: std::io::Error },
     #[error("reading image {name}: {source}")]
@@ -58,6 +66,8 @@ impl BuildError {
             | BuildError::User { line, .. }
             | BuildError::Layer { line, .. }
             | BuildError::Unsupported { line, .. }
+            | BuildError::Run { line, .. }
+            | BuildError::Exec { line, .. }
             | BuildError::Source { line, .. } => Some(*line),
             _ => None,
         }
@@ -65,7 +75,6 @@ impl BuildError {
 }
 
 /// Inputs of a build besides the plan.
-#[derive(Debug, Clone)]
 pub struct BuildOptions<'a> {
     /// The build context directory.
     pub context: &'a Path,
@@ -74,6 +83,21 @@ pub struct BuildOptions<'a> {
     /// `SOURCE_DATE_EPOCH`: when set, the image and history times and the
     /// times of directories the build creates.
     pub source_date_epoch: Option<u64>,
+    /// How RUN steps run; without one, a RUN is an error.
+    pub executor: Option<Executor<'a>>,
+}
+
+/// What RUN steps need.
+pub struct Executor<'a> {
+    /// The program re-executed as each container's init (rbuild itself,
+    /// which hands `rbuild_exec::container::INIT_ARG` to the container
+    /// code).
+    pub init: &'a Path,
+    /// Where unpacked layers live (the root's snapshots directory).
+    pub snapshots: &'a Path,
+    /// Receives each RUN's output as it comes: Dockerfile line, stream
+    /// (1 stdout, 2 stderr), bytes.
+    pub output: &'a dyn Fn(usize, u8, &[u8]),
 }
 
 /// The result of a build.
@@ -115,9 +139,9 @@ pub fn build(
             let mut history = step.history.clone();
             history.created = Some(created.clone());
             if let Some(node) = step.node {
-                if let Some((layer, diff_id)) = run.execute(node, &layers, &mut fs)? {
+                if let Some(layer) = run.execute(node, &layers, &mut fs)? {
+                    config.rootfs.diff_ids.push(layer.diff_id);
                     layers.push(layer);
-                    config.rootfs.diff_ids.push(diff_id);
                 } else {
                     history.empty_layer = true;
                 }
@@ -138,19 +162,27 @@ pub fn build(
     store_image(store, target, target_layers)
 }
 
+/// A layer of a filesystem being built: its blob and its diff ID (which
+/// names its unpacked form).
+#[derive(Debug, Clone)]
+pub(crate) struct Layer {
+    pub descriptor: Descriptor,
+    pub diff_id: Digest,
+}
+
 /// One build's execution state.
-struct Run<'a> {
+pub(crate) struct Run<'a> {
     graph: &'a Graph,
-    store: &'a ContentStore,
-    options: &'a BuildOptions<'a>,
+    pub(crate) store: &'a ContentStore,
+    pub(crate) options: &'a BuildOptions<'a>,
     dir_mtime: u64,
     /// The layers of every filesystem node built so far.
-    layers: HashMap<NodeId, Vec<Descriptor>>,
+    layers: HashMap<NodeId, Vec<Layer>>,
 }
 
 impl Run<'_> {
     /// The layers that make up a filesystem node.
-    fn layers_of(&mut self, node: NodeId) -> Result<Vec<Descriptor>, BuildError> {
+    fn layers_of(&mut self, node: NodeId) -> Result<Vec<Layer>, BuildError> {
         if let Some(layers) = self.layers.get(&node) {
             return Ok(layers.clone());
         }
@@ -166,13 +198,23 @@ impl Run<'_> {
                         source,
                     })?;
                 let descriptor = Descriptor::new(media_type::OCI_MANIFEST, *manifest, size);
-                rbuild_export::load_image(self.store, descriptor, Vec::new())
-                    .map_err(|source| BuildError::Base {
+                let image = rbuild_export::load_image(self.store, descriptor, Vec::new()).map_err(
+                    |source| BuildError::Base {
                         name: name.clone(),
                         source,
-                    })?
+                    },
+                )?;
+                // load_image checked that the counts agree.
+                image
                     .manifest
                     .layers
+                    .into_iter()
+                    .zip(image.config.rootfs.diff_ids)
+                    .map(|(descriptor, diff_id)| Layer {
+                        descriptor,
+                        diff_id,
+                    })
+                    .collect()
             }
             // Stages are built in order, so a step's node is always known.
             _ => Vec::new(),
@@ -186,9 +228,9 @@ impl Run<'_> {
     fn execute(
         &mut self,
         node: NodeId,
-        layers: &[Descriptor],
+        layers: &[Layer],
         fs: &mut Option<BaseFs>,
-    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+    ) -> Result<Option<Layer>, BuildError> {
         let graph_node = self.graph.node(node);
         let line = graph_node.line.unwrap_or(0);
         if fs.is_none() {
@@ -201,12 +243,7 @@ impl Run<'_> {
             Op::Copy(copy) => return self.copy_layer(copy, base_fs, line),
             Op::Mkdir(mkdir) => mkdir_entries(mkdir, base_fs, self.dir_mtime)
                 .map_err(|source| BuildError::User { line, source })?,
-            Op::Exec(_) => {
-                return Err(BuildError::Unsupported {
-                    line,
-                    what: "RUN (it needs the container executor)".into(),
-                });
-            }
+            Op::Exec(exec) => return crate::exec_step::run(self, exec, layers, base_fs, line),
             other => {
                 return Err(BuildError::Unsupported {
                     line,
@@ -219,12 +256,12 @@ impl Run<'_> {
 
     /// Writes `entries` as a layer and records it in the base view; None
     /// when there is nothing to write.
-    fn commit_layer(
+    pub(crate) fn commit_layer(
         &self,
         entries: &[Entry],
         base_fs: &mut BaseFs,
         line: usize,
-    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+    ) -> Result<Option<Layer>, BuildError> {
         if entries.is_empty() {
             return Ok(None);
         }
@@ -237,19 +274,22 @@ impl Run<'_> {
         base_fs
             .apply_layer(layer)
             .map_err(|source| BuildError::Layer { line, source })?;
-        Ok(Some((descriptor, diff_id)))
+        Ok(Some(Layer {
+            descriptor,
+            diff_id,
+        }))
     }
 
     /// The base filesystem view, read from layer headers.
-    fn read_fs(&self, layers: &[Descriptor]) -> Result<BaseFs, BuildError> {
+    fn read_fs(&self, layers: &[Layer]) -> Result<BaseFs, BuildError> {
         let mut fs = BaseFs::empty();
         for layer in layers {
             let err = |source| BuildError::BaseLayer {
                 name: "base".into(),
-                digest: layer.digest,
+                digest: layer.descriptor.digest,
                 source,
             };
-            let file = self.store.open(&layer.digest).map_err(err)?;
+            let file = self.store.open(&layer.descriptor.digest).map_err(err)?;
             fs.apply_layer(file).map_err(err)?;
         }
         Ok(fs)
@@ -261,7 +301,7 @@ impl Run<'_> {
         copy: &CopyOp,
         base_fs: &mut BaseFs,
         line: usize,
-    ) -> Result<Option<(Descriptor, Digest)>, BuildError> {
+    ) -> Result<Option<Layer>, BuildError> {
         let what = if copy.unpack { "ADD" } else { "COPY" };
         let owner = copy
             .chown
@@ -335,13 +375,13 @@ impl Run<'_> {
     }
 
     /// Applies `layers` into a fresh scratch directory.
-    fn materialize(&self, layers: &[Descriptor], line: usize) -> Result<ScratchDir, BuildError> {
+    fn materialize(&self, layers: &[Layer], line: usize) -> Result<ScratchDir, BuildError> {
         let dir = ScratchDir::new(self.options.scratch)
             .map_err(|source| BuildError::Source { line, source })?;
         for layer in layers {
             let file = self
                 .store
-                .open(&layer.digest)
+                .open(&layer.descriptor.digest)
                 .map_err(|source| BuildError::Source { line, source })?;
             rbuild_exec::apply::apply_layer(&dir.path, file).map_err(|e| BuildError::Source {
                 line,
@@ -411,6 +451,7 @@ fn mkdir_entries(mkdir: &MkdirOp, fs: &BaseFs, mtime: u64) -> Result<Vec<Entry>,
             uid: u64::from(owner.uid),
             gid: u64::from(owner.gid),
             mtime,
+            xattrs: Vec::new(),
         });
     }
     Ok(entries)
@@ -434,8 +475,9 @@ fn write_layer(store: &ContentStore, entries: &[Entry]) -> std::io::Result<(Desc
 fn store_image(
     store: &ContentStore,
     config: ImageConfig,
-    layers: Vec<Descriptor>,
+    layers: Vec<Layer>,
 ) -> Result<BuiltImage, BuildError> {
+    let layers: Vec<Descriptor> = layers.into_iter().map(|l| l.descriptor).collect();
     let config_json = serde_json::to_vec(&config).map_err(|e| BuildError::Store(e.into()))?;
     let config_digest = store.write_bytes(&config_json).map_err(BuildError::Store)?;
     let manifest = Manifest::new(

@@ -7,12 +7,13 @@
 
 mod build;
 mod content;
+mod exec_step;
 mod images;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use build::{BuildError, BuildOptions, BuiltImage, build};
+pub use build::{BuildError, BuildOptions, BuiltImage, Executor, build};
 pub use content::{ContentStore, Ingest};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};
 

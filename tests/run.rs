@@ -1,0 +1,159 @@
+//! RUN steps: exit status and output, isolation from the host, network
+//! modes, heredoc scripts, and that nothing is left behind.
+
+mod common;
+
+use common::*;
+
+fn require_run() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    require_busybox() && (root || missing("RUN needs root (namespaces and overlay mounts)"))
+}
+
+/// Builds `dockerfile` on busybox and returns the root filesystem.
+fn build_rootfs(env: &Env, dockerfile: &str) -> std::path::PathBuf {
+    env.load_busybox();
+    let ctx = env.context("ctx", &[("Dockerfile", dockerfile)]);
+    let out = env.path("rootfs");
+    env.ok(&["-o", out.to_str().unwrap(), ctx.to_str().unwrap()]);
+    out
+}
+
+fn no_mounts_left(env: &Env) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let dir = env.dir.path().to_string_lossy().into_owned();
+    assert!(!mounts.contains(&dir), "mounts left behind:\n{mounts}");
+    let tmp: Vec<_> = std::fs::read_dir(env.root().join("tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "scratch files left behind: {tmp:?}");
+}
+
+#[test]
+fn failing_step_reports_line_status_and_output() {
+    if !require_run() {
+        return;
+    }
+    let env = Env::new();
+    env.load_busybox();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN true\nRUN echo about to fail; echo on stderr >&2; exit 3\n",
+        )],
+    );
+    let err = env.fails(&[ctx.to_str().unwrap()]);
+    assert!(
+        err.contains("#3 about to fail") && err.contains("#3 on stderr"),
+        "{err}"
+    );
+    assert!(
+        err.contains("error: Dockerfile:3: RUN /bin/sh -c echo about to fail; echo on stderr >&2; exit 3 failed: exit code 3"),
+        "{err}"
+    );
+    // Quiet builds show the output only when they fail.
+    let err = env.fails(&["-q", ctx.to_str().unwrap()]);
+    assert!(err.contains("about to fail"), "{err}");
+    // The step's shell is pid 1 of its namespace (as in BuildKit), which
+    // its own signals cannot kill; a child killed by SIGKILL gives 137.
+    let killed = env.context(
+        "k",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN sleep 10 & kill -9 $!; wait $!\n",
+        )],
+    );
+    let err = env.fails(&[killed.to_str().unwrap()]);
+    assert!(err.contains("failed: exit code 137"), "{err}");
+    no_mounts_left(&env);
+}
+
+#[test]
+fn isolated_from_the_host() {
+    if !require_run() {
+        return;
+    }
+    let env = Env::new();
+    let out = build_rootfs(
+        &env,
+        "FROM busybox\nRUN hostname > /hostname; ls /proc | grep -c '^[0-9]' > /pids; echo $$ > /mypid; \
+         cat /etc/hosts > /hosts; ls /etc > /etc-list; grep CapEff /proc/self/status > /caps\n\
+         RUN --network=none cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' > /netdevs\n",
+    );
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert_eq!(read("hostname"), "buildkitsandbox\n");
+    assert_eq!(
+        read("mypid"),
+        "1\n",
+        "the step is pid 1 of its own namespace"
+    );
+    let pids: u32 = read("pids").trim().parse().unwrap();
+    assert!(pids <= 4, "host processes visible: {pids}");
+    assert!(read("hosts").contains("127.0.0.1\tlocalhost buildkitsandbox"));
+    assert_eq!(
+        read("caps"),
+        "CapEff:\t00000000a80425fb\n",
+        "docker's default capabilities"
+    );
+    assert_eq!(read("netdevs"), "lo\n", "--network=none has only loopback");
+    // Generated files never land in the image.
+    assert!(!out.join("etc/hosts").exists() && !out.join("etc/resolv.conf").exists());
+    no_mounts_left(&env);
+}
+
+#[test]
+fn heredoc_scripts_run() {
+    if !require_run() {
+        return;
+    }
+    let env = Env::new();
+    let out = build_rootfs(
+        &env,
+        "FROM busybox\nARG NAME=rbuild\nRUN <<EOF\nset -e\necho \"hello $NAME\" > /one\nEOF\n\
+         RUN <<EOT\n#!/bin/sh\necho \"script $0\" > /two\nEOT\n\
+         RUN cat <<A > /three\nfrom stdin\nA\n",
+    );
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert_eq!(read("one"), "hello rbuild\n");
+    assert_eq!(read("two"), "script /dev/pipes/EOT\n");
+    assert_eq!(read("three"), "from stdin\n");
+    assert!(
+        !out.join("dev/pipes").exists(),
+        "the script mount leaves nothing behind"
+    );
+}
+
+#[test]
+fn bad_users_and_unsupported_options_fail_cleanly() {
+    if !require_run() {
+        return;
+    }
+    let env = Env::new();
+    env.load_busybox();
+    let big = env.context(
+        "u",
+        &[("Dockerfile", "FROM busybox\nUSER 4294967296\nRUN true\n")],
+    );
+    let err = env.fails(&[big.to_str().unwrap()]);
+    assert!(
+        err.contains("Dockerfile:3:") && err.contains("4294967295"),
+        "{err}"
+    );
+    let nouser = env.context(
+        "n",
+        &[("Dockerfile", "FROM busybox\nUSER nosuchuser\nRUN true\n")],
+    );
+    let err = env.fails(&[nouser.to_str().unwrap()]);
+    assert!(err.contains("unable to find user nosuchuser"), "{err}");
+    let missing = env.context(
+        "m",
+        &[("Dockerfile", "FROM busybox\nRUN /no/such/program\n")],
+    );
+    let err = env.fails(&[missing.to_str().unwrap()]);
+    assert!(err.contains("exit code 127"), "{err}");
+    no_mounts_left(&env);
+}
