@@ -55,6 +55,7 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
         init: &init,
         snapshots: &snapshots,
         output: &output,
+        isolate_network: args.network == "none",
     };
     let options = BuildOptions {
         context,

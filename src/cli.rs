@@ -136,6 +136,9 @@ pub struct BuildArgs {
     /// Suppress the build output and print the image ID on success
     #[arg(short, long)]
     pub quiet: bool,
+    /// Network for RUN steps that do not say: default (the host's), host or none
+    #[arg(long, value_name = "MODE", default_value = "default", value_parser = ["default", "host", "none"])]
+    pub network: String,
     /// Only check the Dockerfile (as `rbuild check`); build nothing
     #[arg(long)]
     pub check: bool,

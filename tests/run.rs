@@ -157,3 +157,36 @@ fn bad_users_and_unsupported_options_fail_cleanly() {
     assert!(err.contains("exit code 127"), "{err}");
     no_mounts_left(&env);
 }
+
+#[test]
+fn network_flag_sets_the_default_for_run() {
+    if !require_run() {
+        return;
+    }
+    let env = Env::new();
+    env.load_busybox();
+    let ctx = env.context(
+        "net",
+        &[("Dockerfile", "FROM busybox\nRUN cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | sort > /default\nRUN --network=host cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | sort > /host\n")],
+    );
+    let out = env.path("out");
+    env.ok(&[
+        "--network=none",
+        "-o",
+        out.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("default")).unwrap(),
+        "lo\n"
+    );
+    let host = std::fs::read_to_string(out.join("host")).unwrap();
+    let ours = std::fs::read_to_string("/proc/net/dev").unwrap();
+    assert_eq!(
+        host.lines().count(),
+        ours.lines().count() - 2,
+        "RUN --network=host sees the host's interfaces"
+    );
+    let err = env.fails(&["--network=bridge", ctx.to_str().unwrap()]);
+    assert!(err.contains("bridge"), "{err}");
+}

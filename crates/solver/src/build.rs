@@ -98,6 +98,8 @@ pub struct Executor<'a> {
     /// Receives each RUN's output as it comes: Dockerfile line, stream
     /// (1 stdout, 2 stderr), bytes.
     pub output: &'a dyn Fn(usize, u8, &[u8]),
+    /// `--network` for steps that do not set one: true for none.
+    pub isolate_network: bool,
 }
 
 /// The result of a build.

@@ -126,10 +126,10 @@ pub(crate) fn run(
         uid: user.uid,
         gid: user.gid,
         additional_gids: user.additional_gids.clone(),
-        network: if exec.network == "none" {
-            Network::None
-        } else {
-            Network::Host
+        network: match exec.network.as_str() {
+            "none" => Network::None,
+            "default" if executor.isolate_network => Network::None,
+            _ => Network::Host,
         },
         hostname: HOSTNAME.into(),
         mounts,
