@@ -31,6 +31,16 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
             .map(|o| Output::parse(o))
             .collect::<Result<_>>()?
     };
+    let mut secrets = std::collections::HashMap::new();
+    for spec in &args.secrets {
+        let (id, source) = rbuild_solver::SecretSource::parse(spec).map_err(|e| anyhow!(e))?;
+        secrets.insert(id, source);
+    }
+    let mut ssh = std::collections::HashMap::new();
+    for spec in &args.ssh {
+        let (id, socket) = rbuild_solver::parse_ssh(spec).map_err(|e| anyhow!(e))?;
+        ssh.insert(id, socket);
+    }
     let prepared = prepare(root, &args, Bases::Required)?;
     let (dockerfile_name, plan) = (&prepared.dockerfile_name, &prepared.plan);
     // Warnings go to stderr even with -q, which keeps stdout for the ID.
@@ -51,17 +61,23 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
     let init =
         std::env::current_exe().context("finding the rbuild executable for RUN containers")?;
     let snapshots = root.path().join("snapshots");
+    let cache_mounts = root.path().join("cache-mounts");
     let executor = Executor {
         init: &init,
         snapshots: &snapshots,
         output: &output,
         isolate_network: args.network == "none",
+        cache_mounts: &cache_mounts,
+        secrets: &secrets,
+        ssh: &ssh,
     };
     let options = BuildOptions {
         context,
         scratch: &root.tmp_dir(),
         source_date_epoch,
         executor: Some(executor),
+        // RUN --mount=type=bind from the context leaves out what COPY does.
+        context_excludes: &prepared.context_excludes,
     };
     let result = build(plan, &root.content, &options);
     log.finish(result.is_err());

@@ -142,6 +142,12 @@ pub struct BuildArgs {
     /// Only check the Dockerfile (as `rbuild check`); build nothing
     #[arg(long)]
     pub check: bool,
+    /// Secret for RUN --mount=type=secret (id=NAME,src=FILE or id=NAME,env=VAR)
+    #[arg(long = "secret", value_name = "id=NAME,src=PATH|env=VAR")]
+    pub secrets: Vec<String>,
+    /// SSH agent socket for RUN --mount=type=ssh (default|ID[=SOCKET])
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET]")]
+    pub ssh: Vec<String>,
 }
 
 const SUBCOMMANDS: &[&str] = &[

@@ -27,6 +27,8 @@ pub struct Prepared {
     pub lints: Vec<Lint>,
     /// `# check=error=true`: findings fail the build.
     pub lints_are_errors: bool,
+    /// The build context's `.dockerignore` patterns.
+    pub context_excludes: Vec<String>,
 }
 
 /// How base images that are not available are treated.
@@ -78,7 +80,7 @@ pub fn prepare(root: &Root, args: &BuildArgs, bases: Bases) -> Result<Prepared> 
         build_args: parse_build_args(&args.build_args)?,
         target: args.target.clone(),
         platform: Platform::host(),
-        context_excludes,
+        context_excludes: context_excludes.clone(),
     };
     let plan = compile(&parsed, &options, resolver).map_err(|e| match e.line {
         Some(line) => diagnostic::render(
@@ -109,6 +111,7 @@ pub fn prepare(root: &Root, args: &BuildArgs, bases: Bases) -> Result<Prepared> 
         plan,
         lints,
         lints_are_errors,
+        context_excludes,
     })
 }
 

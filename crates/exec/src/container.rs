@@ -63,7 +63,8 @@
 //! # Mount-point stubs
 //!
 //! Mount points the image lacks (`/proc`, `/dev`, `/sys`, the targets of
-//! [`ContainerSpec::mounts`] and their missing parents) are created by the
+//! [`ContainerSpec::mounts`] and of [`run_with_mounts`]' bind and tmpfs
+//! mounts, and their missing parents) are created by the
 //! outer init in the merged root before the container starts, and removed
 //! again (if still empty) after it has exited, from the outer init's mount
 //! namespace where nothing is mounted over them. The modification time of
@@ -169,6 +170,29 @@ pub struct BindMount {
     pub target: String,
     /// Mount read-only (recursively where the kernel supports it).
     pub readonly: bool,
+}
+
+/// A mount of a step's own, made after [`ContainerSpec::mounts`], in
+/// order (see [`run_with_mounts`]). Mount points the root lacks are
+/// created and removed again like those of the spec's bind mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mount {
+    /// A bind mount, as in [`ContainerSpec::mounts`].
+    Bind(BindMount),
+    /// A fresh, empty tmpfs (`nosuid`, as BuildKit mounts them) at `target`
+    /// (absolute, inside the container), holding at most `size` bytes
+    /// (the kernel's default when `None`).
+    Tmpfs { target: String, size: Option<u64> },
+}
+
+impl Mount {
+    /// The absolute path inside the container.
+    pub fn target(&self) -> &str {
+        match self {
+            Mount::Bind(b) => &b.target,
+            Mount::Tmpfs { target, .. } => target,
+        }
+    }
 }
 
 /// How the command ended.
@@ -288,6 +312,9 @@ struct Request {
     /// process (the runner died before the init armed its death signal).
     runner_pid: u32,
     spec: ContainerSpec,
+    /// Mounts made after the spec's.
+    #[serde(default)]
+    mounts: Vec<Mount>,
 }
 
 /// What the init answers, one JSON line on the control socket.
@@ -315,10 +342,30 @@ pub fn run(
     spec: &ContainerSpec,
     output: &mut dyn FnMut(u8, &[u8]),
 ) -> Result<ExitStatus, ContainerError> {
+    run_with_mounts(init, spec, &[], output)
+}
+
+/// [`run`], with `mounts` made after the spec's bind mounts, in order
+/// (a mount whose target is inside another's comes after it).
+pub fn run_with_mounts(
+    init: &Path,
+    spec: &ContainerSpec,
+    mounts: &[Mount],
+    output: &mut dyn FnMut(u8, &[u8]),
+) -> Result<ExitStatus, ContainerError> {
     validate(spec)?;
+    for m in mounts {
+        if !m.target().starts_with('/') {
+            return Err(ContainerError::InvalidSpec(format!(
+                "mount target {:?} is not absolute",
+                m.target()
+            )));
+        }
+    }
     let request = serde_json::to_vec(&Request {
         runner_pid: std::process::id(),
         spec: spec.clone(),
+        mounts: mounts.to_vec(),
     })
     .map_err(|e| ContainerError::InvalidSpec(format!("cannot encode the spec: {e}")))?;
 

@@ -85,6 +85,9 @@ pub struct BuildOptions<'a> {
     pub source_date_epoch: Option<u64>,
     /// How RUN steps run; without one, a RUN is an error.
     pub executor: Option<Executor<'a>>,
+    /// The context's `.dockerignore` patterns (for `RUN --mount=type=bind`
+    /// from the context; COPY has them in its context node).
+    pub context_excludes: &'a [String],
 }
 
 /// What RUN steps need.
@@ -100,6 +103,13 @@ pub struct Executor<'a> {
     pub output: &'a dyn Fn(usize, u8, &[u8]),
     /// `--network` for steps that do not set one: true for none.
     pub isolate_network: bool,
+    /// Where `RUN --mount=type=cache` directories persist (the root's
+    /// cache-mounts directory).
+    pub cache_mounts: &'a Path,
+    /// `--secret`s by id.
+    pub secrets: &'a HashMap<String, crate::SecretSource>,
+    /// `--ssh` agent sockets by id.
+    pub ssh: &'a HashMap<String, PathBuf>,
 }
 
 /// The result of a build.
@@ -184,7 +194,7 @@ pub(crate) struct Run<'a> {
 
 impl Run<'_> {
     /// The layers that make up a filesystem node.
-    fn layers_of(&mut self, node: NodeId) -> Result<Vec<Layer>, BuildError> {
+    pub(crate) fn layers_of(&mut self, node: NodeId) -> Result<Vec<Layer>, BuildError> {
         if let Some(layers) = self.layers.get(&node) {
             return Ok(layers.clone());
         }
@@ -377,7 +387,11 @@ impl Run<'_> {
     }
 
     /// Applies `layers` into a fresh scratch directory.
-    fn materialize(&self, layers: &[Layer], line: usize) -> Result<ScratchDir, BuildError> {
+    pub(crate) fn materialize(
+        &self,
+        layers: &[Layer],
+        line: usize,
+    ) -> Result<ScratchDir, BuildError> {
         let dir = ScratchDir::new(self.options.scratch)
             .map_err(|source| BuildError::Source { line, source })?;
         for layer in layers {
@@ -410,13 +424,13 @@ impl SourceDir {
 }
 
 /// A directory under the root's tmp, removed when dropped.
-struct ScratchDir {
-    path: PathBuf,
+pub(crate) struct ScratchDir {
+    pub(crate) path: PathBuf,
     _guard: tempfile::TempDir,
 }
 
 impl ScratchDir {
-    fn new(parent: &Path) -> std::io::Result<ScratchDir> {
+    pub(crate) fn new(parent: &Path) -> std::io::Result<ScratchDir> {
         std::fs::create_dir_all(parent)?;
         let guard = tempfile::Builder::new().prefix("src-").tempdir_in(parent)?;
         Ok(ScratchDir {

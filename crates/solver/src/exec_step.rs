@@ -25,7 +25,7 @@ const DEFAULT_RESOLV_CONF: &str = "nameserver 8.8.8.8\nnameserver 8.8.4.4\n";
 
 /// Runs `exec` on top of `layers`; returns its layer, if it changed files.
 pub(crate) fn run(
-    run: &Run<'_>,
+    run: &mut Run<'_>,
     exec: &ExecOp,
     layers: &[Layer],
     base_fs: &mut BaseFs,
@@ -35,18 +35,13 @@ pub(crate) fn run(
         line,
         message: what,
     };
-    let Some(executor) = &run.options.executor else {
+    let options = run.options;
+    let Some(executor) = &options.executor else {
         return Err(BuildError::Unsupported {
             line,
             what: "RUN in this build (no container executor)".into(),
         });
     };
-    if let Some(mount) = exec.mounts.first() {
-        return Err(BuildError::Unsupported {
-            line,
-            what: format!("RUN --mount={}", mount.spec),
-        });
-    }
     if exec.security != "sandbox" {
         return Err(BuildError::Unsupported {
             line,
@@ -78,7 +73,7 @@ pub(crate) fn run(
     // and heredoc scripts.
     let files = tempfile::Builder::new()
         .prefix("run-")
-        .tempdir_in(run.options.scratch)
+        .tempdir_in(options.scratch)
         .map_err(|e| fail(format!("preparing files: {e}")))?;
     let write = |name: &str, content: &str, mode: u32| -> Result<PathBuf, BuildError> {
         use std::os::unix::fs::PermissionsExt;
@@ -111,9 +106,17 @@ pub(crate) fn run(
         });
     }
 
+    // RUN --mount: kept (with its locks, copies and proxies) until the
+    // step is done; secrets are files in `files`, gone with it.
+    let prepared = crate::mounts::prepare(run, exec, files.path(), line)?;
+
     let mut env = exec.env.clone();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", user.home));
+    }
+    for (key, value) in &prepared.env {
+        env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+        env.push(format!("{key}={value}"));
     }
     let spec = ContainerSpec {
         lowers: lowers.clone(),
@@ -134,10 +137,14 @@ pub(crate) fn run(
         hostname: HOSTNAME.into(),
         mounts,
     };
-    let status = container::run(executor.init, &spec, &mut |stream, bytes| {
-        (executor.output)(line, stream, bytes)
-    })
+    let status = container::run_with_mounts(
+        executor.init,
+        &spec,
+        &prepared.mounts,
+        &mut |stream, bytes| (executor.output)(line, stream, bytes),
+    )
     .map_err(|e| fail(e.to_string()))?;
+    drop(prepared);
     if status != ExitStatus::Code(0) {
         return Err(BuildError::Run {
             line,

@@ -9,6 +9,7 @@ mod build;
 mod content;
 mod exec_step;
 mod images;
+mod mounts;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 pub use build::{BuildError, BuildOptions, BuiltImage, Executor, build};
 pub use content::{ContentStore, Ingest};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};
+pub use mounts::{SecretSource, parse_ssh};
 
 /// rbuild's state directory.
 #[derive(Debug, Clone)]

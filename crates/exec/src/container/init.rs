@@ -17,7 +17,9 @@ use rustix::process::{Pid, Signal, WaitOptions};
 use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 
 use super::resolve::{self, Create, Created, Links};
-use super::{ContainerSpec, Network, Report, SETUP_FAILED_EXIT, read_request, sys};
+use super::{
+    BindMount, ContainerSpec, Mount, Network, Report, SETUP_FAILED_EXIT, read_request, sys,
+};
 
 /// Docker's default capabilities: CHOWN DAC_OVERRIDE FSETID FOWNER MKNOD
 /// NET_RAW SETGID SETUID SETFCAP SETPCAP NET_BIND_SERVICE SYS_CHROOT KILL
@@ -168,7 +170,7 @@ pub(super) fn main() -> ! {
             if parent.map(|p| p.get() as u32) != Some(request.runner_pid) {
                 sys::exit_now(SETUP_FAILED_EXIT);
             }
-            outer(&request.spec).unwrap_or_else(Report::Setup)
+            outer(&request.spec, &request.mounts).unwrap_or_else(Report::Setup)
         }
         Err(message) => Report::Setup(message),
     };
@@ -196,7 +198,7 @@ fn take_control() -> Res<UnixStream> {
 }
 
 /// The outer init: runs the container and tells how it ended.
-fn outer(spec: &ContainerSpec) -> Res<Report> {
+fn outer(spec: &ContainerSpec, extra: &[Mount]) -> Res<Report> {
     let paths = Paths::check(spec)?;
     let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
@@ -223,15 +225,20 @@ fn outer(spec: &ContainerSpec) -> Res<Report> {
 
     // Mount points the image lacks; removed again after the run.
     let mut stubs = Vec::new();
-    let made = make_stubs(root.as_fd(), spec, &mut stubs);
-    let result = made.and_then(|()| run_container(spec, &paths, last_cap));
+    let made = make_stubs(root.as_fd(), spec, extra, &mut stubs);
+    let result = made.and_then(|()| run_container(spec, extra, &paths, last_cap));
     let cleanup = resolve::remove_created(root.as_fd(), &stubs);
     let report = result?;
     cleanup?;
     Ok(report)
 }
 
-fn make_stubs(root: BorrowedFd<'_>, spec: &ContainerSpec, stubs: &mut Vec<Created>) -> Res<()> {
+fn make_stubs(
+    root: BorrowedFd<'_>,
+    spec: &ContainerSpec,
+    extra: &[Mount],
+    stubs: &mut Vec<Created>,
+) -> Res<()> {
     for dir in ["/proc", "/dev", "/sys"] {
         resolve::resolve(
             root,
@@ -247,6 +254,20 @@ fn make_stubs(root: BorrowedFd<'_>, spec: &ContainerSpec, stubs: &mut Vec<Create
         resolve::resolve(root, m.target.as_bytes(), Some(kind), Links::Follow, stubs)
             .ctx(|| format!("creating the mount point {}", m.target))?;
     }
+    for m in extra {
+        let kind = match m {
+            Mount::Bind(b) => source_kind(&b.source)?,
+            Mount::Tmpfs { .. } => Create::Dir,
+        };
+        resolve::resolve(
+            root,
+            m.target().as_bytes(),
+            Some(kind),
+            Links::Follow,
+            stubs,
+        )
+        .ctx(|| format!("creating the mount point {}", m.target()))?;
+    }
     Ok(())
 }
 
@@ -261,7 +282,12 @@ fn source_kind(source: &Path) -> Res<Create> {
 }
 
 /// Forks the container's pid 1, waits for it, and tells how it ended.
-fn run_container(spec: &ContainerSpec, paths: &Paths, last_cap: u32) -> Res<Report> {
+fn run_container(
+    spec: &ContainerSpec,
+    extra: &[Mount],
+    paths: &Paths,
+    last_cap: u32,
+) -> Res<Report> {
     if spec.network == Network::None {
         sys::loopback_up().ctx(|| "bringing up the loopback interface".into())?;
     }
@@ -276,7 +302,7 @@ fn run_container(spec: &ContainerSpec, paths: &Paths, last_cap: u32) -> Res<Repo
         None => {
             drop(err_read);
             drop(alive_write);
-            let Err(mut message) = container(spec, paths, last_cap, &alive_read);
+            let Err(mut message) = container(spec, extra, paths, last_cap, &alive_read);
             // The parent reads only after we exit: stay within the pipe.
             if message.len() > 4096 {
                 let mut end = 4096;
@@ -510,6 +536,7 @@ fn common_ancestor<'a>(mut paths: impl Iterator<Item = &'a PathBuf>) -> PathBuf 
 /// message of a setup error.
 fn container(
     spec: &ContainerSpec,
+    extra: &[Mount],
     paths: &Paths,
     last_cap: u32,
     alive: &OwnedFd,
@@ -547,11 +574,23 @@ fn container(
         }
     }
     for m in &spec.mounts {
-        let t = target(root, &m.target, source_kind(&m.source)?)?;
-        rustix::mount::mount_bind_recursive(&m.source, fd_path(&t))
-            .ctx(|| format!("bind-mounting {} on {}", m.source.display(), m.target))?;
-        if m.readonly {
-            make_readonly(root, &m.target)?;
+        bind(root, m)?;
+    }
+    for m in extra {
+        match m {
+            Mount::Bind(b) => bind(root, b)?,
+            Mount::Tmpfs { target: path, size } => {
+                let t = target(root, path, Create::Dir)?;
+                let data = size.map(|n| CString::new(format!("size={n}")).expect("no NUL"));
+                rustix::mount::mount(
+                    "tmpfs",
+                    fd_path(&t),
+                    "tmpfs",
+                    MountFlags::NOSUID,
+                    data.as_deref(),
+                )
+                .ctx(|| format!("mounting tmpfs on {path}"))?;
+            }
         }
     }
     pivot(root)?;
@@ -573,6 +612,17 @@ fn container(
     // Changing credentials cleared the death signal.
     arm_death_signal(alive);
     exec(spec)
+}
+
+/// Bind-mounts `m` inside the root (read-only if it says so).
+fn bind(root: BorrowedFd<'_>, m: &BindMount) -> Res<()> {
+    let t = target(root, &m.target, source_kind(&m.source)?)?;
+    rustix::mount::mount_bind_recursive(&m.source, fd_path(&t))
+        .ctx(|| format!("bind-mounting {} on {}", m.source.display(), m.target))?;
+    if m.readonly {
+        make_readonly(root, &m.target)?;
+    }
+    Ok(())
 }
 
 /// Dies with the parent: sets the death signal, then makes sure the parent
