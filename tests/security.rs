@@ -184,3 +184,64 @@ fn run_cannot_reach_host_files_or_escape_through_proc() {
         .unwrap();
     assert!(count <= 3, "{count} processes visible");
 }
+
+/// A step plants symlinks to `/` in a cache mount and in a stage; later
+/// mounts of them must resolve inside the container or the stage (or be
+/// refused), never reach the host.
+#[test]
+fn symlinks_planted_in_mounts_stay_inside() {
+    if !(require_busybox() && (running_as_root() || missing("RUN needs root"))) {
+        return;
+    }
+    let env = Env::new();
+    env.load_busybox();
+    let host = marker(&env, "mounts");
+    let host_dir = host.parent().unwrap().to_str().unwrap().to_string();
+    let name = host.file_name().unwrap().to_str().unwrap().to_string();
+    let cache = format!(
+        "FROM busybox\n\
+         RUN --mount=type=cache,target=/c,id=swap rm -rf /c/* && ln -s / /c/root && ln -s {host_dir} /c/tmp\n\
+         RUN --mount=type=cache,target=/c,id=swap,uid=1000,mode=0700 ls /c/root/ > /cache-view && touch /c/tmp/{name}\n"
+    );
+    let ctx = env.context("cache", &[("Dockerfile", &cache)]);
+    let out = env.path("out");
+    env.ok(&["-o", out.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert_untouched(&host);
+    let listing = std::fs::read_to_string(out.join("cache-view")).unwrap();
+    assert!(listing.lines().any(|l| l == "bin"), "{listing}");
+    assert!(
+        !listing.lines().any(|l| l == "work"),
+        "the host's root: {listing}"
+    );
+    // The write through the cache's symlink landed in the image's /tmp.
+    assert!(
+        out.join(host_dir.trim_start_matches('/'))
+            .join(&name)
+            .exists()
+    );
+
+    // A bind source that is a symlink out of its stage: refused, or
+    // resolved inside the stage; never the host.
+    let bind = format!(
+        "FROM busybox AS planted\nRUN ln -s / /evil && ln -s {host_dir} /evil-tmp\n\
+         FROM busybox\n\
+         RUN --mount=type=bind,from=planted,source=evil,target=/m ls /m > /bind-view\n\
+         RUN --mount=type=bind,from=planted,source=evil-tmp,target=/n,rw touch /n/{name}.bind\n"
+    );
+    let ctx = env.context("bind", &[("Dockerfile", &bind)]);
+    let result = env
+        .rbuild()
+        .args([
+            "-o",
+            env.path("bout").to_str().unwrap(),
+            ctx.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    if !result.status.success() {
+        assert!(stderr.contains("leads outside its filesystem"), "{stderr}");
+    }
+    assert_untouched(&host.with_extension("bind"));
+}
