@@ -217,3 +217,38 @@ pub fn run(cmd: &mut Command, what: &str) -> String {
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
+
+/// Whether this process runs as root (RUN needs namespaces and mounts).
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// What RUN tests need: the busybox base and root.
+pub fn require_run() -> bool {
+    require_busybox()
+        && (running_as_root() || missing("RUN needs root (namespaces and overlay mounts)"))
+}
+
+/// Asserts that a build left nothing behind: no mounts mentioning the
+/// test's directory, nothing in the root's scratch area.
+pub fn no_mounts_left(env: &Env) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let dir = env.dir.path().to_string_lossy().into_owned();
+    assert!(!mounts.contains(&dir), "mounts left behind:\n{mounts}");
+    for tmp in [env.root().join("tmp"), env.root().join("snapshots/tmp")] {
+        let Ok(entries) = std::fs::read_dir(&tmp) else {
+            continue;
+        };
+        let left: Vec<_> = entries.collect();
+        assert!(
+            left.is_empty(),
+            "left behind in {}: {left:?}",
+            tmp.display()
+        );
+    }
+}

@@ -78,14 +78,47 @@ fn io_at(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DiffError +
 /// children); regular files are read from `upper` (or a lower directory,
 /// for a metadata-only copy-up) when the layer is written.
 pub fn diff_upper(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Entry>, DiffError> {
+    diff(upper, lowers, false)
+}
+
+/// The OCI layer entries that turn the merged view of `lowers` (overlay-
+/// form lower directories, topmost first, as for [`diff_upper`]) into the
+/// complete tree at `root`: what a run changed when it ran on a full copy
+/// of its base instead of an overlay (the copy-based snapshotter).
+///
+/// Added and changed paths become entries by the same rules as in
+/// [`diff_upper`] (unchanged paths are left out, directories above a
+/// change are kept, links to one inode become hard links), and a path the
+/// lower layers show but `root` lacks becomes a whiteout `.wh.NAME` (mode
+/// 0, owner 0:0, the mtime of its directory in `root`); a deleted
+/// directory gets one whiteout, not one per child. `root` is an ordinary
+/// tree: character devices 0:0 and overlayfs' attributes in it mean
+/// nothing special. Files with several links are left out only when every
+/// link is unchanged and they were all one inode in the lower layers.
+/// Regular files are read from `root` when the layer is written.
+pub fn diff_tree(root: &Path, lowers: &[PathBuf]) -> Result<Vec<Entry>, DiffError> {
+    diff(root, lowers, true)
+}
+
+fn diff(dir: &Path, lowers: &[PathBuf], tree: bool) -> Result<Vec<Entry>, DiffError> {
     let mut out = Vec::new();
-    let mut differ = Differ { lowers, buf: None };
-    differ.walk(upper, "", lowers, &mut out)?;
+    let mut differ = Differ {
+        lowers,
+        tree,
+        buf: None,
+    };
+    differ.walk(dir, "", lowers, &mut out)?;
     out.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
+    if tree {
+        out = drop_unchanged_links(out);
+    }
     // Later links to an inode become hard links to its first path.
     let mut first: HashMap<(u64, u64), String> = HashMap::new();
     let mut entries = Vec::with_capacity(out.len());
-    for Pending { mut entry, link } in out {
+    for Pending {
+        mut entry, link, ..
+    } in out
+    {
         if let Some(key) = link {
             match first.get(&key) {
                 Some(target) => {
@@ -104,10 +137,73 @@ pub fn diff_upper(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Entry>, DiffEr
     Ok(entries)
 }
 
+/// Leaves out the files with several links that are all unchanged and
+/// were one inode in the lower layers, then the directories that were
+/// only kept for what is below them and no longer have anything there.
+fn drop_unchanged_links(out: Vec<Pending>) -> Vec<Pending> {
+    // Per inode of `root`: the lower inode all its links equal, or None
+    // when one of them is new or changed (or they were several inodes).
+    let mut groups: HashMap<(u64, u64), Option<(u64, u64)>> = HashMap::new();
+    for p in &out {
+        if let Some(key) = p.link {
+            groups
+                .entry(key)
+                .and_modify(|g| {
+                    if *g != p.same_as {
+                        *g = None;
+                    }
+                })
+                .or_insert(p.same_as);
+        }
+    }
+    let out: Vec<Pending> = out
+        .into_iter()
+        .filter(|p| {
+            p.link
+                .is_none_or(|key| groups.get(&key).is_some_and(Option::is_none))
+        })
+        .collect();
+    let mut needed: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for p in out.iter().filter(|p| !p.parent_only) {
+        let mut path = p.entry.path.as_str();
+        while let Some((parent, _)) = path.rsplit_once('/') {
+            if !needed.insert(parent) {
+                break;
+            }
+            path = parent;
+        }
+    }
+    let keep: Vec<bool> = out
+        .iter()
+        .map(|p| !p.parent_only || needed.contains(p.entry.path.as_str()))
+        .collect();
+    out.into_iter()
+        .zip(keep)
+        .filter_map(|(p, keep)| keep.then_some(p))
+        .collect()
+}
+
 /// An entry, and the inode it is one link of when it has several.
 struct Pending {
     entry: Entry,
     link: Option<(u64, u64)>,
+    /// A directory that is the same as before, kept only for what is
+    /// below it.
+    parent_only: bool,
+    /// Comparing a full tree, a path with several links that is the same
+    /// as before: the lower inode it is (device, inode).
+    same_as: Option<(u64, u64)>,
+}
+
+impl Pending {
+    fn new(entry: Entry, link: Option<(u64, u64)>) -> Pending {
+        Pending {
+            entry,
+            link,
+            parent_only: false,
+            same_as: None,
+        }
+    }
 }
 
 /// A path as the lower layers show it.
@@ -121,14 +217,17 @@ struct Before {
 
 struct Differ<'a> {
     lowers: &'a [PathBuf],
+    /// Walking a full tree ([`diff_tree`]) rather than an upper directory.
+    tree: bool,
     /// Buffers for comparing file contents, allocated on first use.
     buf: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Differ<'_> {
-    /// Adds the entries for the upper directory `dir` (at `rel` in the
-    /// layer), whose lower counterparts are `below`; returns nothing, but
-    /// whether anything was added tells the caller to keep `dir`.
+    /// Adds the entries for the upper directory (or, comparing a full
+    /// tree, the directory) `dir` (at `rel` in the layer), whose lower
+    /// counterparts are `below`; returns nothing, but whether anything was
+    /// added tells the caller to keep `dir`.
     fn walk(
         &mut self,
         dir: &Path,
@@ -137,6 +236,38 @@ impl Differ<'_> {
         out: &mut Vec<Pending>,
     ) -> Result<(), DiffError> {
         let names = read_dir_names(dir)?;
+        let whiteout_path = |name: &str| {
+            if rel.is_empty() {
+                format!("{WHITEOUT_PREFIX}{name}")
+            } else {
+                format!("{rel}/{WHITEOUT_PREFIX}{name}")
+            }
+        };
+        if self.tree {
+            // What the lower layers show here and `dir` no longer has.
+            let mut gone: Vec<std::ffi::OsString> = Vec::new();
+            for lower in below {
+                for name in read_dir_names(lower)? {
+                    if names.binary_search(&name).is_err() && !gone.contains(&name) {
+                        gone.push(name);
+                    }
+                }
+            }
+            if !gone.is_empty() {
+                let dir_md = fs::symlink_metadata(dir).map_err(io_at("inspect", dir))?;
+                for name in gone {
+                    if lookup(below, &name)?.is_none() {
+                        continue;
+                    }
+                    let host = dir.join(&name);
+                    let name = name.to_str().ok_or(DiffError::NotUtf8 {
+                        path: host,
+                        what: "file name",
+                    })?;
+                    out.push(Pending::new(marker(whiteout_path(name), &dir_md), None));
+                }
+            }
+        }
         for name in names {
             let host = dir.join(&name);
             let name = name.to_str().ok_or_else(|| DiffError::NotUtf8 {
@@ -150,64 +281,67 @@ impl Differ<'_> {
             };
             let md = fs::symlink_metadata(&host).map_err(io_at("inspect", &host))?;
             let ft = md.file_type();
-            if is_whiteout(&md) {
-                out.push(Pending {
-                    entry: marker(sibling(&path, &format!("{WHITEOUT_PREFIX}{name}")), &md),
-                    link: None,
-                });
+            if !self.tree && is_whiteout(&md) {
+                out.push(Pending::new(marker(whiteout_path(name), &md), None));
                 continue;
             }
             let before = lookup(below, OsStr::new(name))?;
             if ft.is_socket() {
                 if before.is_some() {
-                    out.push(Pending {
-                        entry: marker(sibling(&path, &format!("{WHITEOUT_PREFIX}{name}")), &md),
-                        link: None,
-                    });
+                    out.push(Pending::new(marker(whiteout_path(name), &md), None));
                 }
                 continue;
             }
             let xattrs = read_xattrs(&host)?;
             if ft.is_dir() {
-                if get_xattr(&host, REDIRECT_XATTR)?.is_some() {
+                if !self.tree && get_xattr(&host, REDIRECT_XATTR)?.is_some() {
                     return Err(DiffError::Unsupported {
                         path: host,
                         reason: "a directory renamed with overlayfs' redirect_dir feature; mount the overlay with redirect_dir=off".into(),
                     });
                 }
-                let opaque = get_xattr(&host, OPAQUE_XATTR)?.is_some_and(|v| v == b"y");
+                let opaque =
+                    !self.tree && get_xattr(&host, OPAQUE_XATTR)?.is_some_and(|v| v == b"y");
                 let children: &[PathBuf] = match &before {
                     Some(b) if !opaque => &b.merged,
                     _ => &[],
                 };
                 let start = out.len();
                 // The directory's own entry goes in front of its children.
-                out.push(Pending {
-                    entry: entry_for(&path, &md, EntryKind::Directory, xattrs.clone()),
-                    link: None,
-                });
+                out.push(Pending::new(
+                    entry_for(&path, &md, EntryKind::Directory, xattrs.clone()),
+                    None,
+                ));
                 if opaque {
-                    out.push(Pending {
-                        entry: marker(format!("{path}/{OPAQUE_MARKER}"), &md),
-                        link: None,
-                    });
+                    out.push(Pending::new(
+                        marker(format!("{path}/{OPAQUE_MARKER}"), &md),
+                        None,
+                    ));
                 }
                 self.walk(&host, &path, children, out)?;
+                // Only a full tree's entries may still be dropped (links),
+                // so only there is an unneeded parent worth marking.
                 let unchanged = match &before {
-                    Some(b) if !opaque && out.len() == start + 1 && b.md.is_dir() => {
+                    Some(b)
+                        if !opaque && (self.tree || out.len() == start + 1) && b.md.is_dir() =>
+                    {
                         same_meta(&md, &b.md, &xattrs, &b.host)?
                     }
                     _ => false,
                 };
                 if unchanged {
-                    out.truncate(start);
+                    if out.len() == start + 1 {
+                        out.truncate(start);
+                    } else if let Some(p) = out.get_mut(start) {
+                        p.parent_only = true;
+                    }
                 }
                 continue;
             }
 
             let (kind, source) = if ft.is_file() {
                 // A metadata-only copy-up has its data in a lower file.
-                let source = if get_xattr(&host, METACOPY_XATTR)?.is_some() {
+                let source = if !self.tree && get_xattr(&host, METACOPY_XATTR)?.is_some() {
                     self.metacopy_source(&host, &path, before.as_ref())?
                 } else {
                     host.clone()
@@ -244,18 +378,24 @@ impl Differ<'_> {
                     reason: "unknown file type".into(),
                 });
             };
-            // Several links: part of what the run did, never filtered.
+            // Several links: in an upper directory, part of what the run
+            // did, never filtered; in a full tree, decided per inode once
+            // all its links are seen (`drop_unchanged_links`).
             let link = (md.nlink() > 1).then(|| (md.dev(), md.ino()));
-            if link.is_none()
-                && let Some(b) = &before
-                && self.unchanged(&md, &xattrs, &source, b)?
-            {
+            let unchanged = match &before {
+                Some(b) if link.is_none() || self.tree => {
+                    self.unchanged(&md, &xattrs, &source, b)?
+                }
+                _ => false,
+            };
+            if unchanged && link.is_none() {
                 continue;
             }
-            out.push(Pending {
-                entry: entry_for(&path, &md, kind, xattrs),
-                link,
-            });
+            let mut pending = Pending::new(entry_for(&path, &md, kind, xattrs), link);
+            if unchanged && let Some(b) = &before {
+                pending.same_as = Some((b.md.dev(), b.md.ino()));
+            }
+            out.push(pending);
         }
         Ok(())
     }
@@ -1236,5 +1376,167 @@ mod tests {
         assert_eq!(tree(&out), merged);
         drop(dirs);
         assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn tree_diff_against_lower_layers() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("unpacking lower layers needs root (whiteout devices); skipping");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let snaps = Snapshots::open(&tmp.path().join("snapshots")).unwrap();
+        let link = |path: &str, target: &str| {
+            e(
+                path,
+                EntryKind::Hardlink {
+                    target: target.into(),
+                },
+                0o644,
+                0,
+            )
+        };
+        let (d1, l1) = layer_tar(&[
+            dir_e("bin", 100),
+            e("bin/tool", EntryKind::Bytes(b"#!".to_vec()), 0o755, 101),
+            dir_e("d", 102),
+            bytes_e("d/old", "old", 103),
+            dir_e("d/sub", 104),
+            bytes_e("d/sub/old2", "old2", 105),
+            dir_e("d/sub/deeper", 104),
+            bytes_e("d/sub/deeper/old3", "old3", 105),
+            dir_e("etc", 106),
+            bytes_e("etc/chm", "chm", 107),
+            bytes_e("etc/gone-in-l2", "gone", 108),
+            bytes_e("etc/keep", "keep", 109),
+            bytes_e("f2d", "file", 110),
+            dir_e("h", 111),
+            bytes_e("h/a", "linked", 112),
+            link("h/b", "h/a"),
+            dir_e("opq", 113),
+            bytes_e("opq/a", "a", 114),
+            dir_e("rep", 115),
+            bytes_e("rep/x", "x", 116),
+            dir_e("usr", 117),
+            dir_e("usr/share", 118),
+            bytes_e("usr/share/doc", "doc", 119),
+        ]);
+        let (d2, l2) = layer_tar(&[
+            dir_e("etc", 200),
+            bytes_e("etc/.wh.gone-in-l2", "", 201),
+            bytes_e("etc/l2", "l2", 202),
+            dir_e("opq", 203),
+            bytes_e("opq/.wh..wh..opq", "", 203),
+            bytes_e("opq/b", "b", 204),
+        ]);
+        let open =
+            |bytes: Vec<u8>| move || Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn Read>);
+        let lowers = vec![
+            snaps.lower(&d2, &mut open(l2.clone())).unwrap(),
+            snaps.lower(&d1, &mut open(l1.clone())).unwrap(),
+        ];
+        // A full copy of the base, as the copy snapshotter makes it.
+        let root = tmp.path().join("root");
+        dir(&root, 0o755);
+        for layer in [&l1, &l2] {
+            apply_layer(&root, layer.as_slice()).unwrap();
+        }
+        // Nothing changed: nothing in the layer (hard links included).
+        assert_eq!(summary(&diff_tree(&root, &lowers).unwrap()), vec![]);
+
+        let r = |p: &str| root.join(p);
+        dir(&r("new"), 0o750);
+        file(&r("new/file"), b"new", 0o644, 300);
+        file(&r("etc/added"), b"added", 0o4755, 301);
+        set_xattr(&r("etc/added"), "user.note", b"v");
+        fs::set_permissions(r("etc/chm"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::remove_file(r("etc/keep")).unwrap();
+        fs::hard_link(r("etc/l2"), r("etc/l2-link")).unwrap();
+        fs::remove_dir_all(r("d/sub")).unwrap();
+        fs::remove_dir_all(r("rep")).unwrap();
+        file(&r("rep"), b"now a file", 0o644, 302);
+        fs::remove_file(r("f2d")).unwrap();
+        dir(&r("f2d"), 0o755);
+        file(&r("f2d/inner"), b"in", 0o644, 303);
+        fs::remove_file(r("h/b")).unwrap();
+        fs::remove_file(r("opq/b")).unwrap();
+        symlink("etc/added", r("lnk")).unwrap();
+        // Not a whiteout in a full tree: a device like any other.
+        whiteout(&r("dev0"));
+        let stamp = fs::metadata(r("etc")).unwrap().mtime();
+
+        let entries = diff_tree(&root, &lowers).unwrap();
+        assert_eq!(
+            summary(&entries),
+            s(&[
+                ("d", "dir"),
+                ("d/.wh.sub", "bytes 0"),
+                ("dev0", "char 0:0"),
+                ("etc", "dir"),
+                ("etc/.wh.keep", "bytes 0"),
+                ("etc/added", "file 5"),
+                ("etc/chm", "file 3"),
+                ("etc/l2", "file 2"),
+                ("etc/l2-link", "link etc/l2"),
+                ("f2d", "dir"),
+                ("f2d/inner", "file 2"),
+                ("h", "dir"),
+                ("h/.wh.b", "bytes 0"),
+                ("lnk", "symlink etc/added"),
+                ("new", "dir"),
+                ("new/file", "file 3"),
+                ("opq", "dir"),
+                ("opq/.wh.b", "bytes 0"),
+                ("rep", "file 10"),
+            ])
+        );
+        let wh = find(&entries, "etc/.wh.keep");
+        assert_eq!((wh.mode, wh.uid, wh.gid, wh.mtime), (0, 0, 0, stamp as u64));
+        assert_eq!(find(&entries, "etc/chm").mode, 0o600);
+        assert_eq!(find(&entries, "etc/chm").mtime, 107);
+        assert_eq!(find(&entries, "new").mode, 0o750);
+        let added = find(&entries, "etc/added");
+        assert_eq!(added.mode, 0o4755);
+        assert_eq!(added.xattrs, vec![("user.note".to_string(), b"v".to_vec())]);
+        assert!(
+            entries
+                .iter()
+                .all(|e| e.xattrs.iter().all(|(n, _)| !n.starts_with("trusted.")))
+        );
+
+        // The base's layers and the new one, applied, give the tree.
+        let (_, l3) = layer_tar(&entries);
+        let out = tmp.path().join("applied");
+        dir(&out, 0o755);
+        for layer in [&l1, &l2, &l3] {
+            apply_layer(&out, layer.as_slice()).unwrap();
+        }
+        assert_eq!(tree(&out), tree(&root));
+
+        // Another run on that result: only what it changes.
+        let (d3, _) = layer_tar(&entries);
+        let lowers3 = [
+            snaps.lower(&d3, &mut open(l3.clone())).unwrap(),
+            lowers[0].clone(),
+            lowers[1].clone(),
+        ];
+        // (A device 0:0 in a lower directory is a whiteout to overlayfs,
+        // so the lower layers never show it and it stays in every layer.)
+        assert_eq!(
+            summary(&diff_tree(&out, &lowers3).unwrap()),
+            s(&[("dev0", "char 0:0")])
+        );
+        fs::remove_dir_all(out.join("f2d")).unwrap();
+        fs::remove_file(out.join("etc/l2-link")).unwrap();
+        let entries = diff_tree(&out, &lowers3).unwrap();
+        assert_eq!(
+            summary(&entries),
+            s(&[
+                (".wh.f2d", "bytes 0"),
+                ("dev0", "char 0:0"),
+                ("etc", "dir"),
+                ("etc/.wh.l2-link", "bytes 0"),
+            ])
+        );
     }
 }
