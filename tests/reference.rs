@@ -521,7 +521,15 @@ fn run_mounts_match_buildkit() {
         Options {
             file_mtimes: false,
             args: &["--secret", &secret_arg],
-            only_docker: &["run", "run/secrets", "scratch", "src", "t", "var/cache", "var/cache/app"],
+            only_docker: &[
+                "run",
+                "run/secrets",
+                "scratch",
+                "src",
+                "t",
+                "var/cache",
+                "var/cache/app",
+            ],
         },
     );
 }

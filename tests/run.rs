@@ -5,16 +5,6 @@ mod common;
 
 use common::*;
 
-fn require_run() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    require_busybox() && (root || missing("RUN needs root (namespaces and overlay mounts)"))
-}
-
 /// Builds `dockerfile` on busybox and returns the root filesystem.
 fn build_rootfs(env: &Env, dockerfile: &str) -> std::path::PathBuf {
     env.load_busybox();
@@ -22,14 +12,6 @@ fn build_rootfs(env: &Env, dockerfile: &str) -> std::path::PathBuf {
     let out = env.path("rootfs");
     env.ok(&["-o", out.to_str().unwrap(), ctx.to_str().unwrap()]);
     out
-}
-
-fn no_mounts_left(env: &Env) {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let dir = env.dir.path().to_string_lossy().into_owned();
-    assert!(!mounts.contains(&dir), "mounts left behind:\n{mounts}");
-    let tmp: Vec<_> = std::fs::read_dir(env.root().join("tmp")).unwrap().collect();
-    assert!(tmp.is_empty(), "scratch files left behind: {tmp:?}");
 }
 
 #[test]

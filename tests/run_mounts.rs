@@ -8,16 +8,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-fn require_run() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    require_busybox() && (root || missing("RUN needs root (namespaces and overlay mounts)"))
-}
-
 /// Builds the context `ctx` into the root filesystem `out` (plus `extra` args).
 fn build(env: &Env, ctx: &Path, out: &str, extra: &[&str]) -> PathBuf {
     let dest = env.path(out);
@@ -29,14 +19,6 @@ fn build(env: &Env, ctx: &Path, out: &str, extra: &[&str]) -> PathBuf {
 
 fn read(dir: &Path, rel: &str) -> String {
     std::fs::read_to_string(dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
-fn no_mounts_left(env: &Env) {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let dir = env.dir.path().to_string_lossy().into_owned();
-    assert!(!mounts.contains(&dir), "mounts left behind:\n{mounts}");
-    let tmp: Vec<_> = std::fs::read_dir(env.root().join("tmp")).unwrap().collect();
-    assert!(tmp.is_empty(), "scratch files left behind: {tmp:?}");
 }
 
 /// Every file under `dir` (not following symlinks).

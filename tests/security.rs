@@ -126,15 +126,6 @@ fn symlinks_out_of_the_root_stay_inside() {
     ]);
 }
 
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 #[test]
 fn run_cannot_reach_host_files_or_escape_through_proc() {
     if !(require_busybox() && (running_as_root() || missing("RUN needs root"))) {

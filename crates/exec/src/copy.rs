@@ -197,13 +197,7 @@ fn is_archive(path: &Path) -> bool {
         return false;
     };
     let mut header = [0u8; 512];
-    let mut filled = 0;
-    while filled < header.len() {
-        match io::Read::read(&mut reader, &mut header[filled..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => filled += n,
-        }
-    }
+    let filled = crate::apply::read_prefix(&mut reader, &mut header).unwrap_or(0);
     filled == 512 && &header[257..262] == b"ustar"
 }
 

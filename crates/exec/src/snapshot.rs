@@ -411,7 +411,8 @@ fn unpack(
 ) -> Result<(), SnapshotError> {
     let mut raw = open().map_err(SnapshotError::Open)?;
     let mut magic = [0u8; 2];
-    let n = read_prefix(&mut raw, &mut magic).map_err(|source| ApplyError::Tar { source })?;
+    let n = crate::apply::read_prefix(&mut raw, &mut magic)
+        .map_err(|source| ApplyError::Tar { source })?;
     let head = magic.get(..n).unwrap_or_default();
     let stream = head.chain(raw);
     let tar: Box<dyn Read + '_> = if head == GZIP_MAGIC {
@@ -446,21 +447,6 @@ fn unpack(
     }
     let whiteouts = whiteouts.map_err(|source| ApplyError::Tar { source })?;
     make_overlay_whiteouts(target, &whiteouts)
-}
-
-/// Reads up to `buf.len()` bytes, fewer only at end of stream.
-fn read_prefix(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let Some(rest) = buf.get_mut(n..) else { break };
-        match r.read(rest) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Passes a stream through, hashing it and sending a copy to a channel.

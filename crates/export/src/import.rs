@@ -410,7 +410,8 @@ fn verify_layer(
 ) -> Result<&'static str, ExportError> {
     let mut file = store.open(digest).map_err(ExportError::blob(digest))?;
     let mut magic = [0u8; 4];
-    let n = read_up_to(&mut file, &mut magic).map_err(ExportError::blob(digest))?;
+    let n = rbuild_exec::apply::read_prefix(&mut file, &mut magic)
+        .map_err(ExportError::blob(digest))?;
     let (media_type, uncompressed) = match &magic[..n] {
         [0x1f, 0x8b, ..] => {
             let file = store.open(digest).map_err(ExportError::blob(digest))?;
@@ -430,15 +431,4 @@ fn verify_layer(
         )));
     }
     Ok(media_type)
-}
-
-fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
