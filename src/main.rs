@@ -73,6 +73,7 @@ fn run(cli: Cli) -> Result<()> {
     };
     let root = Root::open(&root_path)
         .with_context(|| format!("opening rbuild's root {}", root_path.display()))?;
+    clean_up_on_signals(&root)?;
     match cli.command {
         Command::Build(args) => build::run(&root, args),
         Command::Check(args) => check::run(&root, &args),
@@ -86,6 +87,34 @@ fn run(cli: Cli) -> Result<()> {
         Command::Load { input, quiet } => commands::load(&root, input.as_deref(), quiet),
         Command::Inspect { images } => commands::inspect(&root, &images),
     }
+}
+
+/// On Ctrl-C (or SIGTERM, SIGHUP) removes this process's scratch files,
+/// then exits as the signal would. Mounts need no cleanup: they live in
+/// the RUN containers' own namespaces, and containers die with rbuild.
+fn clean_up_on_signals(root: &Root) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing signal handlers")?;
+    let scratch = root.tmp_dir();
+    let snapshots_tmp = root.path().join("snapshots").join("tmp");
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let _ = std::fs::remove_dir_all(&scratch);
+            // The layer store's per-run directories are named <pid>-...
+            let prefix = format!("{}-", std::process::id());
+            if let Ok(entries) = std::fs::read_dir(&snapshots_tmp) {
+                for entry in entries.flatten() {
+                    if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
+            }
+            eprintln!("rbuild: interrupted; cleaned up");
+            std::process::exit(128 + signal);
+        }
+    });
+    Ok(())
 }
 
 /// `/var/lib/rbuild` for root; else `$XDG_DATA_HOME/rbuild` or

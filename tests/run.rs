@@ -172,3 +172,71 @@ fn network_flag_sets_the_default_for_run() {
     let err = env.fails(&["--network=bridge", ctx.to_str().unwrap()]);
     assert!(err.contains("bridge"), "{err}");
 }
+
+/// Ctrl-C in the middle of a RUN: rbuild exits, and no process, mount or
+/// scratch file of the build is left.
+#[test]
+fn interrupt_leaves_nothing_behind() {
+    if !require_run() {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let env = Env::new();
+    env.load_busybox();
+    let marker = format!("{}", 3000 + std::process::id() % 1000);
+    let ctx = env.context(
+        "int",
+        &[(
+            "Dockerfile",
+            &format!("FROM busybox\nRUN echo started && sleep {marker}\n"),
+        )],
+    );
+    let mut child = env
+        .rbuild()
+        .arg(ctx.to_str().unwrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("rbuild ended before the step started")
+            .unwrap();
+        if line.contains("#2 started") {
+            break;
+        }
+    }
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "exits as SIGINT would");
+    // The step's sleep is gone too (it may take a moment to be reaped).
+    let sleeping = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            std::fs::read(p.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&format!("sleep\0{marker}")))
+                .unwrap_or(false)
+        })
+    };
+    for _ in 0..50 {
+        if !sleeping() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!sleeping(), "the RUN's process survived");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&env.dir.path().to_string_lossy().into_owned()));
+    for tmp in ["tmp", "snapshots/tmp"] {
+        let left: Vec<_> = std::fs::read_dir(env.root().join(tmp))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "left in {tmp}: {left:?}");
+    }
+}

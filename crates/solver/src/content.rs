@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! ROOT/blobs/sha256/<hex>   committed blobs, never modified
-//! ROOT/tmp/                 blobs being written
+//! ROOT/tmp/<process>/       blobs being written (the process's scratch)
 //! ```
 //!
 //! A blob is written to a temporary file, hashed while written, fsynced and
@@ -26,10 +26,11 @@ pub struct ContentStore {
 }
 
 impl ContentStore {
-    /// Opens (creating if needed) the content store below `root`.
-    pub fn open(root: &Path) -> io::Result<ContentStore> {
+    /// Opens (creating if needed) the content store below `root`, writing
+    /// blobs in progress to `tmp` (same filesystem, so renames work).
+    pub fn open(root: &Path, tmp: &Path) -> io::Result<ContentStore> {
         let blobs = root.join("blobs").join("sha256");
-        let tmp = root.join("tmp");
+        let tmp = tmp.to_path_buf();
         fs::create_dir_all(&blobs)?;
         fs::create_dir_all(&tmp)?;
         Ok(ContentStore { blobs, tmp })
@@ -162,7 +163,7 @@ mod tests {
     #[test]
     fn writes_verifies_and_reads() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ContentStore::open(dir.path()).unwrap();
+        let store = ContentStore::open(dir.path(), &dir.path().join("tmp")).unwrap();
         let d = store.write_bytes(b"hello").unwrap();
         assert_eq!(d, Digest::of(b"hello"));
         assert_eq!(store.read_all(&d).unwrap(), b"hello");

@@ -10,6 +10,7 @@ mod content;
 mod exec_step;
 mod images;
 mod mounts;
+mod scratch;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -25,22 +26,26 @@ pub struct Root {
     path: PathBuf,
     pub content: ContentStore,
     pub images: ImageStore,
+    scratch: std::sync::Arc<scratch::ProcessScratch>,
 }
 
 impl Root {
-    /// Opens `path`, creating the layout on first use.
+    /// Opens `path`, creating the layout on first use, and sweeps what
+    /// dead rbuild processes left in its scratch area.
     pub fn open(path: &Path) -> Result<Root, ImageStoreError> {
         let io_err = |source: io::Error| ImageStoreError::Io {
             path: path.to_path_buf(),
             source,
         };
         std::fs::create_dir_all(path).map_err(io_err)?;
-        let content = ContentStore::open(path).map_err(io_err)?;
+        let scratch = scratch::ProcessScratch::create(&path.join("tmp")).map_err(io_err)?;
+        let content = ContentStore::open(path, scratch.path()).map_err(io_err)?;
         let images = ImageStore::open(path)?;
         Ok(Root {
             path: path.to_path_buf(),
             content,
             images,
+            scratch: std::sync::Arc::new(scratch),
         })
     }
 
@@ -48,8 +53,10 @@ impl Root {
         &self.path
     }
 
-    /// A directory for short-lived files on the same filesystem as the store.
+    /// This process's directory for short-lived files, on the same
+    /// filesystem as the store; removed when the last `Root` clone drops,
+    /// or by the next rbuild if this process is killed.
     pub fn tmp_dir(&self) -> PathBuf {
-        self.path.join("tmp")
+        self.scratch.path().to_path_buf()
     }
 }

@@ -1,0 +1,115 @@
+//! Each rbuild process's own scratch directory, `ROOT/tmp/<pid>-<nonce>/`.
+//!
+//! The process holds an exclusive lock on the directory's `lock` file for
+//! its lifetime. When it ends normally the directory is removed; when it
+//! is killed, the lock is released by the kernel and the next rbuild on
+//! the root removes the directory. So a crash or Ctrl-C leaves nothing
+//! that outlives the next build, and a live process's files are never
+//! touched.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const LOCK: &str = "lock";
+
+#[derive(Debug)]
+pub struct ProcessScratch {
+    dir: PathBuf,
+    // Held, not read: the lock lives as long as this open file.
+    _lock: File,
+}
+
+impl ProcessScratch {
+    /// Removes what dead processes left under `parent` and creates this
+    /// process's directory there.
+    pub fn create(parent: &Path) -> io::Result<ProcessScratch> {
+        fs::create_dir_all(parent)?;
+        sweep(parent)?;
+        let nonce = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = parent.join(format!("{}-{nonce}", std::process::id()));
+        fs::create_dir(&dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK))?;
+        lock.lock()?;
+        Ok(ProcessScratch { dir, _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for ProcessScratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes the directories under `parent` whose owner is gone (their lock
+/// can be taken), and loose files older rbuild versions left there.
+fn sweep(parent: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(parent)? {
+        let entry = entry?;
+        let path = entry.path();
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let Ok(lock) = File::open(path.join(LOCK)) else {
+            // No lock yet: either being created right now or abandoned
+            // mid-creation; only the owner's pid can tell.
+            if owner_is_dead(&path) {
+                let _ = fs::remove_dir_all(&path);
+            }
+            continue;
+        };
+        if lock.try_lock().is_ok() {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
+    Ok(())
+}
+
+/// Whether the pid in a `<pid>-<nonce>` directory name no longer runs.
+fn owner_is_dead(dir: &Path) -> bool {
+    let pid = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok());
+    match pid {
+        Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removed_on_drop_and_swept_when_abandoned() {
+        let parent = tempfile::tempdir().unwrap();
+        let live = ProcessScratch::create(parent.path()).unwrap();
+        std::fs::write(live.path().join("f"), "x").unwrap();
+        // A directory whose owner died: its lock is free.
+        let dead = parent.path().join("999999999-1");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join(LOCK), "").unwrap();
+        // Another process's live directory: a second handle holds its lock.
+        let other = ProcessScratch::create(parent.path()).unwrap();
+        assert!(!dead.exists(), "an abandoned directory is swept");
+        assert!(live.path().join("f").exists(), "a live one is not");
+        let live_path = live.path().to_path_buf();
+        drop(live);
+        assert!(!live_path.exists());
+        drop(other);
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+    }
+}
