@@ -34,7 +34,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -440,8 +440,8 @@ impl Differ<'_> {
         let mut fa = File::open(a).map_err(io_at("open", a))?;
         let mut fb = File::open(b).map_err(io_at("open", b))?;
         loop {
-            let na = read_full(&mut fa, ba).map_err(io_at("read", a))?;
-            let nb = read_full(&mut fb, bb).map_err(io_at("read", b))?;
+            let na = crate::apply::read_prefix(&mut fa, ba).map_err(io_at("read", a))?;
+            let nb = crate::apply::read_prefix(&mut fb, bb).map_err(io_at("read", b))?;
             if ba.get(..na) != bb.get(..nb) {
                 return Ok(false);
             }
@@ -717,21 +717,6 @@ fn get_xattr(path: &Path, name: &str) -> Result<Option<Vec<u8>>, DiffError> {
     }
 }
 
-/// Reads until `buf` is full or the file ends.
-fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let Some(rest) = buf.get_mut(n..) else { break };
-        match f.read(rest) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// Missing, or a parent is not a directory.
 fn is_absent(e: &io::Error) -> bool {
     matches!(
@@ -748,7 +733,6 @@ mod tests {
     use crate::snapshot::{
         Snapshots, in_private_mount_namespace, mount_overlay, overlay_supported,
     };
-    use rbuild_oci::Digest;
     use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps, XattrFlags};
     use std::collections::BTreeMap;
     use std::os::unix::fs::{PermissionsExt, symlink};
@@ -1209,14 +1193,7 @@ mod tests {
         out
     }
 
-    fn layer_tar(entries: &[Entry]) -> (Digest, Vec<u8>) {
-        let mut w = LayerWriter::new(Vec::new());
-        for e in entries {
-            w.add(e).unwrap();
-        }
-        let (d, _, bytes) = w.finish().unwrap();
-        (d, bytes)
-    }
+    use crate::layer::tests::layer_bytes as layer_tar;
 
     fn e(path: &str, kind: EntryKind, mode: u32, mtime: u64) -> Entry {
         Entry {
@@ -1279,8 +1256,9 @@ mod tests {
             bytes_e("opq/.wh..wh..opq", "", 203),
             bytes_e("opq/b", "b", 204),
         ]);
-        let open =
-            |bytes: Vec<u8>| move || Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn Read>);
+        let open = |bytes: Vec<u8>| {
+            move || Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn io::Read>)
+        };
         let lowers = vec![
             snaps.lower(&d2, &mut open(l2.clone())).unwrap(),
             snaps.lower(&d1, &mut open(l1.clone())).unwrap(),
@@ -1429,8 +1407,9 @@ mod tests {
             bytes_e("opq/.wh..wh..opq", "", 203),
             bytes_e("opq/b", "b", 204),
         ]);
-        let open =
-            |bytes: Vec<u8>| move || Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn Read>);
+        let open = |bytes: Vec<u8>| {
+            move || Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn io::Read>)
+        };
         let lowers = vec![
             snaps.lower(&d2, &mut open(l2.clone())).unwrap(),
             snaps.lower(&d1, &mut open(l1.clone())).unwrap(),

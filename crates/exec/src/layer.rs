@@ -373,8 +373,18 @@ pub fn entry_from_metadata(path: &Path, rel: String, meta: &fs::Metadata) -> io:
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A layer tarball of `entries` and its diff ID, for tests.
+    pub(crate) fn layer_bytes(entries: &[Entry]) -> (Digest, Vec<u8>) {
+        let mut w = LayerWriter::new(Vec::new());
+        for e in entries {
+            w.add(e).unwrap();
+        }
+        let (d, _, bytes) = w.finish().unwrap();
+        (d, bytes)
+    }
 
     fn entry(path: &str, kind: EntryKind) -> Entry {
         Entry {

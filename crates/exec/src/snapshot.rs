@@ -784,7 +784,7 @@ fn probe_overlay(root: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::{Entry, EntryKind, LayerWriter};
+    use crate::layer::{Entry, EntryKind};
     use std::os::unix::fs::MetadataExt;
     use std::sync::atomic::AtomicUsize;
 
@@ -800,14 +800,7 @@ mod tests {
         }
     }
 
-    fn tar_of(entries: &[Entry]) -> (Digest, Vec<u8>) {
-        let mut w = LayerWriter::new(Vec::new());
-        for e in entries {
-            w.add(e).unwrap();
-        }
-        let (d, _, bytes) = w.finish().unwrap();
-        (d, bytes)
-    }
+    use crate::layer::tests::layer_bytes as tar_of;
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {
         use std::io::Write as _;
