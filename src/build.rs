@@ -6,7 +6,7 @@ use rbuild_export::{
     write_rootfs_tar,
 };
 use rbuild_oci::Reference;
-use rbuild_solver::{BuildOptions, BuiltImage, Executor, ImageRecord, Root, build};
+use rbuild_solver::{BuildOptions, BuiltImage, Executor, ImageRecord, Root, StepStarted, build};
 use serde_json::json;
 
 use crate::cli::BuildArgs;
@@ -78,6 +78,7 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
         executor: Some(executor),
         // RUN --mount=type=bind from the context leaves out what COPY does.
         context_excludes: &prepared.context_excludes,
+        on_step: (!args.quiet).then_some(&print_step as &dyn Fn(&StepStarted<'_>)),
     };
     let result = build(plan, &root.content, &options);
     log.finish(result.is_err());
@@ -88,9 +89,6 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
         ),
         None => anyhow!("{e}"),
     })?;
-    if !args.quiet {
-        report_steps(plan);
-    }
 
     for output in &outputs {
         export(root, &built, &tags, output, args.quiet)?;
@@ -264,20 +262,13 @@ impl RunLog {
     }
 }
 
-/// Prints what was built, one line per instruction, numbered by its
-/// Dockerfile line like RUN output is.
-fn report_steps(plan: &rbuild_frontend::Plan) {
-    for stage in &plan.stages {
-        let stage_name = stage.name.clone().unwrap_or_else(|| "stage".to_string());
-        let total = stage.steps.len();
-        for (i, step) in stage.steps.iter().enumerate() {
-            let what = step
-                .history
-                .created_by
-                .as_deref()
-                .unwrap_or_default()
-                .trim_end_matches(" # buildkit");
-            eprintln!("#{} [{stage_name} {}/{total}] {what}", step.line, i + 1);
-        }
-    }
+/// Prints a step as it starts: `#LINE [stage i/n] INSTRUCTION`, numbered
+/// by its Dockerfile line as its RUN output is.
+fn print_step(step: &StepStarted<'_>) {
+    let stage = step.stage.unwrap_or("stage");
+    let what = step.created_by.trim_end_matches(" # buildkit");
+    eprintln!(
+        "#{} [{stage} {}/{}] {what}",
+        step.line, step.index, step.total
+    );
 }

@@ -88,6 +88,22 @@ pub struct BuildOptions<'a> {
     /// The context's `.dockerignore` patterns (for `RUN --mount=type=bind`
     /// from the context; COPY has them in its context node).
     pub context_excludes: &'a [String],
+    /// Told when each step starts, before it runs.
+    pub on_step: Option<&'a dyn Fn(&StepStarted<'_>)>,
+}
+
+/// A step about to run, for progress output.
+#[derive(Debug, Clone, Copy)]
+pub struct StepStarted<'a> {
+    /// The stage's name, if it has one.
+    pub stage: Option<&'a str>,
+    /// 1-based position in its stage, and the stage's number of steps.
+    pub index: usize,
+    pub total: usize,
+    /// Dockerfile line.
+    pub line: usize,
+    /// The history text of the instruction (`RUN /bin/sh -c ...`).
+    pub created_by: &'a str,
 }
 
 /// What RUN steps need.
@@ -147,7 +163,16 @@ pub fn build(
         };
         let mut layers = run.layers_of(stage.root)?;
         let mut fs: Option<BaseFs> = None;
-        for step in &stage.steps {
+        for (i, step) in stage.steps.iter().enumerate() {
+            if let Some(on_step) = options.on_step {
+                on_step(&StepStarted {
+                    stage: stage.name.as_deref(),
+                    index: i + 1,
+                    total: stage.steps.len(),
+                    line: step.line,
+                    created_by: step.history.created_by.as_deref().unwrap_or_default(),
+                });
+            }
             let mut history = step.history.clone();
             history.created = Some(created.clone());
             if let Some(node) = step.node {

@@ -15,7 +15,7 @@ mod scratch;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use build::{BuildError, BuildOptions, BuiltImage, Executor, build};
+pub use build::{BuildError, BuildOptions, BuiltImage, Executor, StepStarted, build};
 pub use content::{ContentStore, Ingest};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};
 pub use mounts::{SecretSource, parse_ssh};
