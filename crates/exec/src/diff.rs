@@ -1195,6 +1195,32 @@ mod tests {
 
     use crate::layer::tests::layer_bytes as layer_tar;
 
+    /// The upper of the two base layers the overlay tests share: a
+    /// whiteout, a new file and an opaque directory.
+    fn second_layer() -> (rbuild_oci::Digest, Vec<u8>) {
+        layer_tar(&[
+            dir_e("etc", 200),
+            bytes_e("etc/.wh.gone-in-l2", "", 201),
+            bytes_e("etc/l2", "l2", 202),
+            dir_e("opq", 203),
+            bytes_e("opq/.wh..wh..opq", "", 203),
+            bytes_e("opq/b", "b", 204),
+        ])
+    }
+
+    /// Unpacks layers (topmost first) as overlay lower directories.
+    fn unpack(snaps: &Snapshots, layers: &[(&rbuild_oci::Digest, &Vec<u8>)]) -> Vec<PathBuf> {
+        layers
+            .iter()
+            .map(|(digest, bytes)| {
+                let bytes = (*bytes).clone();
+                let mut open =
+                    move || Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn io::Read>);
+                snaps.lower(digest, &mut open).unwrap()
+            })
+            .collect()
+    }
+
     fn e(path: &str, kind: EntryKind, mode: u32, mtime: u64) -> Entry {
         Entry {
             path: path.into(),
@@ -1248,21 +1274,8 @@ mod tests {
             dir_e("usr/share", 113),
             bytes_e("usr/share/doc", "doc", 114),
         ]);
-        let (d2, l2) = layer_tar(&[
-            dir_e("etc", 200),
-            bytes_e("etc/.wh.gone-in-l2", "", 201),
-            bytes_e("etc/l2", "l2", 202),
-            dir_e("opq", 203),
-            bytes_e("opq/.wh..wh..opq", "", 203),
-            bytes_e("opq/b", "b", 204),
-        ]);
-        let open = |bytes: Vec<u8>| {
-            move || Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn io::Read>)
-        };
-        let lowers = vec![
-            snaps.lower(&d2, &mut open(l2.clone())).unwrap(),
-            snaps.lower(&d1, &mut open(l1.clone())).unwrap(),
-        ];
+        let (d2, l2) = second_layer();
+        let lowers = unpack(&snaps, &[(&d2, &l2), (&d1, &l1)]);
         let dirs = snaps.scratch().unwrap();
         let script = r#"
             set -e
@@ -1399,21 +1412,8 @@ mod tests {
             dir_e("usr/share", 118),
             bytes_e("usr/share/doc", "doc", 119),
         ]);
-        let (d2, l2) = layer_tar(&[
-            dir_e("etc", 200),
-            bytes_e("etc/.wh.gone-in-l2", "", 201),
-            bytes_e("etc/l2", "l2", 202),
-            dir_e("opq", 203),
-            bytes_e("opq/.wh..wh..opq", "", 203),
-            bytes_e("opq/b", "b", 204),
-        ]);
-        let open = |bytes: Vec<u8>| {
-            move || Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn io::Read>)
-        };
-        let lowers = vec![
-            snaps.lower(&d2, &mut open(l2.clone())).unwrap(),
-            snaps.lower(&d1, &mut open(l1.clone())).unwrap(),
-        ];
+        let (d2, l2) = second_layer();
+        let lowers = unpack(&snaps, &[(&d2, &l2), (&d1, &l1)]);
         // A full copy of the base, as the copy snapshotter makes it.
         let root = tmp.path().join("root");
         dir(&root, 0o755);
@@ -1495,7 +1495,7 @@ mod tests {
         // Another run on that result: only what it changes.
         let (d3, _) = layer_tar(&entries);
         let lowers3 = [
-            snaps.lower(&d3, &mut open(l3.clone())).unwrap(),
+            unpack(&snaps, &[(&d3, &l3)]).remove(0),
             lowers[0].clone(),
             lowers[1].clone(),
         ];
