@@ -7,6 +7,10 @@
 //! with `/`; a file copied onto an existing directory lands inside it;
 //! missing parent directories are created. Files keep their mode and mtime;
 //! owners become root (or `--chown`), and `--chmod` replaces modes.
+//!
+//! What a copy reads is decided by [`select_sources`] and [`select_tree`]
+//! (or [`select_children`], one directory at a time), which the build
+//! cache's checksum of a copy's files uses too.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,7 +18,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::basefs::{BaseFs, Owner};
-use crate::layer::{Entry, EntryKind, Exclude, entries_of_tree_filtered, entry_from_metadata};
+use crate::layer::{Entry, EntryKind, entry_from_metadata};
 use crate::patterns::PatternMatcher;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,18 +80,11 @@ pub struct Copied {
 /// The layer entries a COPY adds on top of `base`, sorted, parents first.
 pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Copied, CopyError> {
     let mut scratch = Vec::new();
-    let context_root = fs::canonicalize(spec.context).map_err(|source| CopyError::Io {
-        path: spec.context.to_path_buf(),
-        source,
-    })?;
-    let mut matches: Vec<(String, PathBuf)> = Vec::new();
-    for source in spec.sources {
-        let found = find_sources(&context_root, source, spec.exclude)?;
-        let kept = found
-            .into_iter()
-            .filter(|p| !excluded_by_copy(spec, &context_root, p));
-        matches.extend(kept.map(|p| (source.clone(), p)));
-    }
+    let filters = Filters {
+        exclude: spec.exclude,
+        copy_exclude: spec.copy_exclude,
+    };
+    let matches = select_sources(spec.context, spec.sources, filters)?;
     let dest_is_dir_hint = spec.dest.ends_with('/') || spec.dest.ends_with("/.") || spec.parents;
     let has_wildcard = spec.sources.iter().any(|s| has_meta(s));
     if (matches.len() > 1 || spec.sources.len() > 1)
@@ -103,38 +100,22 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Copied, CopyEr
 
     let mut out: BTreeMap<String, Entry> = BTreeMap::new();
     let owner = spec.owner.unwrap_or(Owner { uid: 0, gid: 0 });
-    for (source, host_path) in &matches {
-        let meta = fs::metadata(host_path).map_err(|e| io_err(host_path, e))?;
+    for selected in &matches {
+        let source = &spec.sources[selected.source];
+        let host_path = &selected.path;
         // With --parents, each source lands at its own path below dest.
         let dest = match spec.parents {
-            true => join(
-                &dest,
-                &parents_path(source, &relative_to(&context_root, host_path)),
-            ),
+            true => join(&dest, &parents_path(source, &selected.rel)),
             false => dest.clone(),
         };
-        if meta.is_dir() {
+        if selected.meta.is_dir() {
             // The directory's contents go into dest, which is created like
             // any missing parent (BuildKit does not copy the source
             // directory's own owner or mode onto it).
             create_parents(&dest, base, &owner, spec, &mut out, true);
-            let dir_rel = relative_to(&context_root, host_path);
-            let mut excludes = Vec::new();
-            if let Some(excludes_) = spec.exclude {
-                excludes.push(Exclude {
-                    excludes: excludes_,
-                    dir_rel: &dir_rel,
-                });
-            }
-            if let Some(copy_exclude) = spec.copy_exclude {
-                excludes.push(Exclude {
-                    excludes: copy_exclude,
-                    dir_rel: "",
-                });
-            }
-            for mut entry in entries_of_tree_filtered(host_path, &dest, &excludes)
-                .map_err(|e| io_err(host_path, e))?
-            {
+            for item in select_tree(selected, filters)? {
+                let mut entry = entry_from_metadata(&item.path, join(&dest, &item.rel), &item.meta)
+                    .map_err(|e| io_err(host_path, e))?;
                 finish_entry(&mut entry, spec, spec.keep_owners);
                 out.insert(entry.path.clone(), entry);
             }
@@ -175,7 +156,7 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Copied, CopyEr
             create_parents(&target, base, &owner, spec, &mut out, false);
             // Sources are followed when they are symlinks: COPY copies
             // what the name points to (inside the context).
-            let mut entry = entry_from_metadata(host_path, target.clone(), &meta)
+            let mut entry = entry_from_metadata(host_path, target.clone(), &selected.meta)
                 .map_err(|e| io_err(host_path, e))?;
             finish_entry(&mut entry, spec, spec.keep_owners);
             out.insert(target, entry);
@@ -185,6 +166,182 @@ pub fn copy_entries(spec: &CopySpec<'_>, base: &BaseFs) -> Result<Copied, CopyEr
         entries: out.into_values().collect(),
         _scratch: scratch,
     })
+}
+
+/// Which files of a copy's source root exist for the copy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Filters<'a> {
+    /// `.dockerignore`: matched against paths relative to the root.
+    pub exclude: Option<&'a PatternMatcher>,
+    /// `--exclude`: matched against paths relative to each copied source
+    /// (and a file source's own name).
+    pub copy_exclude: Option<&'a PatternMatcher>,
+}
+
+/// A path that one of a copy's sources names.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    /// Which of the sources named it (an index into them).
+    pub source: usize,
+    /// The host path, below the canonical root, with symlinks in every
+    /// component (the last one included) resolved inside the root: never
+    /// a symlink itself.
+    pub path: PathBuf,
+    /// `path` relative to the root, `/`-separated; `""` for the root.
+    pub rel: String,
+    pub meta: fs::Metadata,
+}
+
+/// The paths a copy's `sources` name in `root`, per source in order,
+/// wildcard matches sorted; what `.dockerignore` or `--exclude` leaves out
+/// is not there. A source that names nothing is an error (unless
+/// `--exclude` removed what it named), as in docker.
+///
+/// This is the one place that decides what a copy reads, together with
+/// [`select_children`] for what is below directory sources: the copy and
+/// the build cache's checksum of the copied files both use them.
+pub fn select_sources(
+    root: &Path,
+    sources: &[String],
+    filters: Filters<'_>,
+) -> Result<Vec<Selected>, CopyError> {
+    let root = fs::canonicalize(root).map_err(|e| io_err(root, e))?;
+    let mut selected = Vec::new();
+    for (index, source) in sources.iter().enumerate() {
+        for (path, meta) in find_sources(&root, source, filters.exclude)? {
+            let rel = relative_to(&root, &path);
+            if !excluded_by_copy(filters.copy_exclude, &rel) {
+                selected.push(Selected {
+                    source: index,
+                    path,
+                    rel,
+                    meta,
+                });
+            }
+        }
+    }
+    Ok(selected)
+}
+
+/// A file, directory or symlink below a directory source.
+#[derive(Debug, Clone)]
+pub struct TreeItem {
+    /// The path below the source directory, `/`-separated.
+    pub rel: String,
+    /// The path below the root, `/`-separated.
+    pub root_rel: String,
+    /// The host path.
+    pub path: PathBuf,
+    /// As `lstat` sees it: symlinks below a source are copied as symlinks,
+    /// never followed.
+    pub meta: fs::Metadata,
+}
+
+/// What a copy reads below the directory source `dir`: parents before
+/// their contents, names sorted, without what `.dockerignore` or
+/// `--exclude` leaves out.
+pub fn select_tree(dir: &Selected, filters: Filters<'_>) -> Result<Vec<TreeItem>, CopyError> {
+    let mut items = Vec::new();
+    walk_tree(&dir.path, &dir.rel, "", filters, &mut items)?;
+    Ok(items)
+}
+
+fn walk_tree(
+    dir: &Path,
+    root_rel: &str,
+    rel: &str,
+    filters: Filters<'_>,
+    items: &mut Vec<TreeItem>,
+) -> Result<(), CopyError> {
+    for child in select_children(dir, root_rel, rel, filters)? {
+        if !child.item.meta.is_dir() {
+            items.push(child.item);
+            continue;
+        }
+        let mut below = Vec::new();
+        let item = &child.item;
+        walk_tree(&item.path, &item.root_rel, &item.rel, filters, &mut below)?;
+        if child.only_if_not_empty && below.is_empty() {
+            continue;
+        }
+        items.push(child.item);
+        items.append(&mut below);
+    }
+    Ok(())
+}
+
+/// An entry of a directory below a directory source that the copy may
+/// read.
+#[derive(Debug)]
+pub struct TreeChild {
+    pub item: TreeItem,
+    /// An excluded directory, listed because an exception may re-include
+    /// something below it: the copy has it only if it has something below
+    /// it.
+    pub only_if_not_empty: bool,
+}
+
+/// One level of [`select_tree`], for walks that list directories in
+/// parallel: what the copy may read in `dir`, which is at `root_rel` below
+/// the root and at `rel` below the copied source, names sorted.
+pub fn select_children(
+    dir: &Path,
+    root_rel: &str,
+    rel: &str,
+    filters: Filters<'_>,
+) -> Result<Vec<TreeChild>, CopyError> {
+    let mut entries = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+        let entry = entry.map_err(|e| io_err(dir, e))?;
+        let name = entry.file_name().into_string().map_err(|name| {
+            io_err(
+                &dir.join(name),
+                io::Error::new(io::ErrorKind::InvalidData, "file name is not UTF-8"),
+            )
+        })?;
+        entries.push((name, entry));
+    }
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut children = Vec::with_capacity(entries.len());
+    for (name, entry) in entries {
+        let root_rel = join(root_rel, &name);
+        let rel = join(rel, &name);
+        // .dockerignore sees paths from the root, --exclude from the source.
+        let excluding = [
+            filters
+                .exclude
+                .filter(|m| m.excludes(&root_rel))
+                .map(|m| (m, &root_rel)),
+            filters
+                .copy_exclude
+                .filter(|m| m.excludes(&rel))
+                .map(|m| (m, &rel)),
+        ];
+        let mut excluding = excluding.iter().flatten().peekable();
+        let excluded = excluding.peek().is_some();
+        if excluded && !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        // An excluded directory is still entered when every pattern
+        // excluding it may re-include something below it.
+        if excluded && !excluding.all(|(m, rel)| m.may_include_below(rel)) {
+            continue;
+        }
+        // An lstat relative to the open directory: never follows a
+        // symlink, and looks up one name instead of a whole path.
+        let path = entry.path();
+        let meta = entry.metadata().map_err(|e| io_err(&path, e))?;
+        children.push(TreeChild {
+            item: TreeItem {
+                rel,
+                root_rel,
+                path,
+                meta,
+            },
+            only_if_not_empty: excluded,
+        });
+    }
+    Ok(children)
 }
 
 /// Whether a file is a tar archive, plain or gzip-compressed, as ADD
@@ -277,7 +434,7 @@ fn has_meta(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-/// The host paths a source names, sorted. Paths are resolved inside
+/// The host paths a source names, sorted, and their metadata. Paths are resolved inside
 /// `root` as if it were `/`: symlinks (in any component, the last one
 /// included, since COPY copies what a source name points to) never lead
 /// out of it, which matters for a context and for another stage's files.
@@ -285,7 +442,7 @@ fn find_sources(
     root: &Path,
     source: &str,
     exclude: Option<&PatternMatcher>,
-) -> Result<Vec<PathBuf>, CopyError> {
+) -> Result<Vec<(PathBuf, fs::Metadata)>, CopyError> {
     let cleaned = rbuild_oci::path::clean(source);
     // Candidates are paths relative to the root, resolved as we go.
     let mut candidates = vec![String::new()];
@@ -293,7 +450,7 @@ fn find_sources(
         let mut next = Vec::new();
         for dir in &candidates {
             if has_meta(component) {
-                let Some(host_dir) = resolve_scoped(root, dir)? else {
+                let Some((host_dir, _)) = resolve_scoped(root, dir)? else {
                     continue;
                 };
                 let Ok(read) = fs::read_dir(&host_dir) else {
@@ -318,15 +475,15 @@ fn find_sources(
     }
     let mut found = Vec::new();
     for candidate in candidates {
-        if let Some(host) = resolve_scoped(root, &candidate)? {
+        if let Some((host, meta)) = resolve_scoped(root, &candidate)? {
             // Excluded files are not in the context at all. A directory
             // that is excluded may still hold re-included files.
             let rel = relative_to(root, &host);
             let hidden = exclude.is_some_and(|m| {
-                !rel.is_empty() && m.excludes(&rel) && !(host.is_dir() && m.may_include_below(&rel))
+                !rel.is_empty() && m.excludes(&rel) && !(meta.is_dir() && m.may_include_below(&rel))
             });
             if !hidden {
-                found.push(host);
+                found.push((host, meta));
             }
         }
     }
@@ -342,13 +499,12 @@ fn find_sources(
 
 /// Whether `--exclude` leaves out a matched source: by its path in the
 /// source or by its own name.
-fn excluded_by_copy(spec: &CopySpec<'_>, root: &Path, path: &Path) -> bool {
-    let Some(matcher) = spec.copy_exclude else {
+fn excluded_by_copy(copy_exclude: Option<&PatternMatcher>, rel: &str) -> bool {
+    let Some(matcher) = copy_exclude else {
         return false;
     };
-    let rel = relative_to(root, path);
-    let name = rel.rsplit('/').next().unwrap_or(&rel);
-    !rel.is_empty() && (matcher.excludes(&rel) || matcher.excludes(name))
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    !rel.is_empty() && (matcher.excludes(rel) || matcher.excludes(name))
 }
 
 /// The path a `--parents` source keeps below the destination: its path in
@@ -375,9 +531,9 @@ fn relative_to(root: &Path, path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Resolves `rel` inside `root`, following symlinks in every component;
-/// None when it does not exist.
-fn resolve_scoped(root: &Path, rel: &str) -> Result<Option<PathBuf>, CopyError> {
+/// Resolves `rel` inside `root`, following symlinks in every component,
+/// with the metadata of what it names; None when it does not exist.
+fn resolve_scoped(root: &Path, rel: &str) -> Result<Option<(PathBuf, fs::Metadata)>, CopyError> {
     const MAX_LINKS: usize = 40;
     let mut rel = rel.to_string();
     for _ in 0..MAX_LINKS {
@@ -390,7 +546,7 @@ fn resolve_scoped(root: &Path, rel: &str) -> Result<Option<PathBuf>, CopyError> 
             Err(e) => return Err(io_err(&host, e)),
         };
         if !meta.file_type().is_symlink() {
-            return Ok(Some(host));
+            return Ok(Some((host, meta)));
         }
         let target = fs::read_link(&host).map_err(|e| io_err(&host, e))?;
         let target = target.to_string_lossy();
