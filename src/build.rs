@@ -6,14 +6,14 @@ use rbuild_export::{
     write_rootfs_tar,
 };
 use rbuild_oci::Reference;
-use rbuild_solver::{BuildOptions, BuiltImage, Executor, ImageRecord, Root, StepStarted, build};
+use rbuild_solver::{BuildOptions, BuiltImage, CachePolicy, Executor, ImageRecord, Root, build};
 use serde_json::json;
 
 use crate::cli::BuildArgs;
 use crate::output::{Dest, Output};
 use crate::prepare::{Bases, prepare, report};
 
-pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
+pub fn run(root: &Root, args: BuildArgs, gc: &rbuild_solver::gc::Policy) -> Result<()> {
     if args.check {
         return crate::check::run(root, &args);
     }
@@ -53,46 +53,78 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
         ),
         _ => None,
     };
-    // RUN output goes to stderr line by line as it comes, each line marked
-    // with its Dockerfile line; with -q it is kept and shown only if the
-    // build fails.
-    let log = RunLog::new(args.quiet);
-    let output = |line: usize, stream: u8, bytes: &[u8]| log.write(line, stream, bytes);
+    // -q is --progress=quiet.
+    let mode = match args.quiet {
+        true => crate::progress::Mode::Quiet,
+        false => args.progress,
+    };
+    // Held until the image is named: until then its blobs are unreferenced
+    // and a concurrent prune must not take them.
+    let guard = rbuild_solver::gc::build_guard(root).context("locking the root")?;
+    let progress = crate::progress::Progress::new(mode, args.explain_cache);
     let init =
         std::env::current_exe().context("finding the rbuild executable for RUN containers")?;
-    let snapshots = root.path().join("snapshots");
-    let cache_mounts = root.path().join("cache-mounts");
     let executor = Executor {
-        init: &init,
-        snapshots: &snapshots,
-        output: &output,
+        init,
+        snapshots: root.path().join("snapshots"),
         isolate_network: args.network == "none",
-        cache_mounts: &cache_mounts,
-        secrets: &secrets,
-        ssh: &ssh,
+        cache_mounts: root.path().join("cache-mounts"),
+        secrets,
+        ssh,
     };
+    let jobs = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
     let options = BuildOptions {
-        context,
-        scratch: &root.tmp_dir(),
+        context: context.clone(),
+        scratch: root.tmp_dir(),
         source_date_epoch,
         executor: Some(executor),
         // RUN --mount=type=bind from the context leaves out what COPY does.
-        context_excludes: &prepared.context_excludes,
-        on_step: (!args.quiet).then_some(&print_step as &dyn Fn(&StepStarted<'_>)),
-    };
-    let result = build(plan, &root.content, &options);
-    log.finish(result.is_err());
-    let built = result.map_err(|e| match e.line() {
-        Some(line) => anyhow!(
-            "{dockerfile_name}:{line}: {}",
-            e.to_string().trim_start_matches(&format!("line {line}: "))
+        context_excludes: prepared.context_excludes.clone(),
+        progress: Some(progress.sink()),
+        cache: CachePolicy {
+            disabled: args.no_cache,
+            disabled_stages: args.no_cache_filter.clone(),
+        },
+        jobs,
+        cache_imports: args
+            .cache_from
+            .iter()
+            .map(|s| rbuild_solver::CacheImport::parse(s))
+            .collect::<Result<_, _>>()?,
+        cache_exports: args
+            .cache_to
+            .iter()
+            .map(|s| rbuild_solver::CacheExport::parse(s))
+            .collect::<Result<_, _>>()?,
+        scope: format!(
+            "{}\0{}",
+            std::fs::canonicalize(context)
+                .unwrap_or_else(|_| context.clone())
+                .display(),
+            dockerfile_name
         ),
-        None => anyhow!("{e}"),
-    })?;
+    };
+    let built = match build(plan, root, options) {
+        Ok(built) => built,
+        Err(e) => {
+            progress.finish(true);
+            return Err(match e.line() {
+                Some(line) => anyhow!(
+                    "{dockerfile_name}:{line}: {}",
+                    e.to_string().trim_start_matches(&format!("line {line}: "))
+                ),
+                None => anyhow!("{e}"),
+            });
+        }
+    };
 
     for output in &outputs {
-        export(root, &built, &tags, output, args.quiet)?;
+        export(root, &built, &tags, output, &progress)?;
     }
+    progress.message(&format!("writing image {} done", built.config_digest));
+    progress.finish(false);
     let image_id = built.config_digest.to_string();
     if let Some(path) = &args.iidfile {
         std::fs::write(path, &image_id)
@@ -114,8 +146,11 @@ pub fn run(root: &Root, args: BuildArgs) -> Result<()> {
     }
     if args.quiet {
         println!("{image_id}");
-    } else {
-        eprintln!("writing image {image_id} done");
+    }
+    // The cap applies once this image is named; another build still
+    // running skips it and the last one to finish applies it.
+    if let Err(e) = guard.finish(root, gc) {
+        eprintln!("warning: build cache garbage collection: {e}");
     }
     Ok(())
 }
@@ -125,7 +160,7 @@ fn export(
     built: &BuiltImage,
     tags: &[Reference],
     output: &Output,
-    quiet: bool,
+    progress: &crate::progress::Progress,
 ) -> Result<()> {
     let with_names = |extra: &[String]| -> Result<Vec<Reference>> {
         let mut names = tags.to_vec();
@@ -158,14 +193,12 @@ fn export(
                     created: built.config.created.clone(),
                     size,
                 })?;
-                if !quiet {
-                    eprintln!("naming to {name} done");
-                }
+                progress.message(&format!("naming to {name} done"));
             }
         }
         Output::Docker { dest, names } => {
             write_docker_archive(&root.content, &[image(with_names(names)?)?], &target(dest))?;
-            say_exported(quiet, "docker archive", dest);
+            say_exported(progress, "docker archive", dest);
         }
         Output::Oci { dest, tar, names } => {
             let target = match (tar, dest) {
@@ -173,11 +206,11 @@ fn export(
                 _ => target(dest),
             };
             write_oci_layout(&root.content, &[image(with_names(names)?)?], &target)?;
-            say_exported(quiet, "OCI layout", dest);
+            say_exported(progress, "OCI layout", dest);
         }
         Output::Local { dest } => {
             write_rootfs_dir(&root.content, &image(Vec::new())?, dest)?;
-            say_exported(quiet, "root filesystem", &Dest::Path(dest.clone()));
+            say_exported(progress, "root filesystem", &Dest::Path(dest.clone()));
         }
         Output::Tar { dest } => {
             write_rootfs_tar(
@@ -186,89 +219,15 @@ fn export(
                 &target(dest),
                 &root.tmp_dir(),
             )?;
-            say_exported(quiet, "root filesystem tarball", dest);
+            say_exported(progress, "root filesystem tarball", dest);
         }
     }
     Ok(())
 }
 
-fn say_exported(quiet: bool, what: &str, dest: &Dest) {
-    if quiet {
-        return;
-    }
+fn say_exported(progress: &crate::progress::Progress, what: &str, dest: &Dest) {
     match dest {
-        Dest::Path(p) => eprintln!("exporting {what} to {} done", p.display()),
-        Dest::Stdout => eprintln!("exporting {what} to standard output done"),
+        Dest::Path(p) => progress.message(&format!("exporting {what} to {} done", p.display())),
+        Dest::Stdout => progress.message(&format!("exporting {what} to standard output done")),
     }
-}
-
-/// RUN output, printed whole lines at a time as `#LINE text`.
-struct RunLog {
-    quiet: bool,
-    /// Unfinished lines, per Dockerfile line and stream.
-    pending: std::cell::RefCell<std::collections::BTreeMap<(usize, u8), Vec<u8>>>,
-    /// With -q: the last lines, shown if the build fails.
-    held: std::cell::RefCell<std::collections::VecDeque<String>>,
-}
-
-impl RunLog {
-    /// Lines kept for a failing quiet build.
-    const HELD_LINES: usize = 20;
-
-    fn new(quiet: bool) -> RunLog {
-        RunLog {
-            quiet,
-            pending: Default::default(),
-            held: Default::default(),
-        }
-    }
-
-    fn write(&self, line: usize, stream: u8, bytes: &[u8]) {
-        let mut pending = self.pending.borrow_mut();
-        let buf = pending.entry((line, stream)).or_default();
-        buf.extend_from_slice(bytes);
-        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-            let text: Vec<u8> = buf.drain(..=end).collect();
-            self.emit(line, &String::from_utf8_lossy(&text[..end]));
-        }
-    }
-
-    fn emit(&self, line: usize, text: &str) {
-        let text = format!("#{line} {text}");
-        if self.quiet {
-            let mut held = self.held.borrow_mut();
-            if held.len() == Self::HELD_LINES {
-                held.pop_front();
-            }
-            held.push_back(text);
-        } else {
-            eprintln!("{text}");
-        }
-    }
-
-    /// Prints unfinished lines, and a quiet build's output if it failed.
-    fn finish(&self, failed: bool) {
-        let pending = std::mem::take(&mut *self.pending.borrow_mut());
-        for ((line, _), rest) in pending {
-            if !rest.is_empty() {
-                self.emit(line, &String::from_utf8_lossy(&rest));
-            }
-        }
-        if self.quiet && failed {
-            for text in self.held.borrow().iter() {
-                eprintln!("{text}");
-            }
-        }
-    }
-}
-
-/// Prints a step as it starts: `#LINE [stage i/n] INSTRUCTION`, numbered
-/// by its Dockerfile line as its RUN output is.
-fn print_step(step: &StepStarted<'_>) {
-    let stage = step.stage.unwrap_or("stage");
-    let what = step.created_by.trim_end_matches(" # buildkit");
-    eprintln!(
-        "#{} [{stage} {}/{}] {what}",
-        step.line, step.index, step.total
-    );
 }

@@ -69,6 +69,10 @@ pub enum Command {
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<String>,
     },
+    /// Show the build cache's disk usage
+    Du(crate::disk::DuArgs),
+    /// Remove build cache
+    Prune(crate::disk::PruneArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +128,24 @@ pub struct BuildArgs {
     /// Do not use cache when building the image
     #[arg(long)]
     pub no_cache: bool,
+    /// Do not use cache for these stages (names or indexes; repeatable, comma-separated)
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    pub no_cache_filter: Vec<String>,
+    /// Export the build cache (type=local,dest=DIR[,mode=min|max])
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Import a build cache (type=local,src=DIR)
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
+    /// Progress output: auto, plain, tty, rawjson or quiet
+    #[arg(long, value_enum, default_value = "auto", value_name = "TYPE")]
+    pub progress: crate::progress::Mode,
+    /// Say why each step that was not cached missed the cache
+    #[arg(long)]
+    pub explain_cache: bool,
+    /// Steps to run at the same time (default: the number of CPUs)
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
     /// Output destination (type=docker|oci|local|tar|image,dest=...)
     #[arg(short, long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
@@ -151,7 +173,8 @@ pub struct BuildArgs {
 }
 
 const SUBCOMMANDS: &[&str] = &[
-    "build", "check", "debug", "images", "rmi", "tag", "save", "load", "inspect", "help",
+    "build", "check", "debug", "images", "rmi", "tag", "save", "load", "inspect", "du", "prune",
+    "help",
 ];
 
 /// Inserts `build` when the first word that is not a global option is not

@@ -6,8 +6,10 @@ mod cli;
 mod commands;
 mod config;
 mod diagnostic;
+mod disk;
 mod output;
 mod prepare;
+mod progress;
 mod resolver;
 
 use std::path::PathBuf;
@@ -66,7 +68,7 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let _config = config::Config::load(cli.config.as_deref())?;
+    let config = config::Config::load(cli.config.as_deref())?;
     let root_path = match cli.root {
         Some(root) => root,
         None => default_root()?,
@@ -75,7 +77,7 @@ fn run(cli: Cli) -> Result<()> {
         .with_context(|| format!("opening rbuild's root {}", root_path.display()))?;
     clean_up_on_signals(&root)?;
     match cli.command {
-        Command::Build(args) => build::run(&root, args),
+        Command::Build(args) => build::run(&root, args, &config::gc_policy(&config)),
         Command::Check(args) => check::run(&root, &args),
         Command::Debug(DebugCommand::Graph { format, build }) => {
             check::graph(&root, &build, format)
@@ -84,8 +86,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rmi { images } => commands::rmi(&root, &images),
         Command::Tag { source, target } => commands::tag(&root, &source, &target),
         Command::Save { output, images } => commands::save(&root, output.as_deref(), &images),
-        Command::Load { input, quiet } => commands::load(&root, input.as_deref(), quiet),
+        Command::Load { input, quiet } => {
+            // Loaded blobs are unnamed until the load ends: keep GC away.
+            let _guard = rbuild_solver::gc::build_guard(&root).context("locking the root")?;
+            commands::load(&root, input.as_deref(), quiet)
+        }
         Command::Inspect { images } => commands::inspect(&root, &images),
+        Command::Du(args) => disk::du(&root, &args),
+        Command::Prune(args) => disk::prune(&root, &args),
     }
 }
 

@@ -26,7 +26,13 @@ fn rbuild_with(env: &Env, snapshotter: Option<&str>, args: &[&str]) -> Output {
 
 /// Builds `ctx` into the directory `out`; returns stderr.
 fn build_into(env: &Env, snapshotter: Option<&str>, ctx: &Path, out: &Path) -> String {
-    let args = ["-o", out.to_str().unwrap(), ctx.to_str().unwrap()];
+    // Both snapshotters must really run the steps, not reuse the cache.
+    let args = [
+        "--no-cache",
+        "-o",
+        out.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ];
     let output = rbuild_with(env, snapshotter, &args);
     assert_success(
         &output,

@@ -62,7 +62,9 @@ fn cache_persists_across_builds_and_stays_out_of_the_image() {
     let first = build(&env, &ctx, "one", &[]);
     assert_eq!(read(&first, "seen"), "1\n");
     assert_eq!(read(&first, "owned-stat"), "1000:50 700\n");
-    let second = build(&env, &ctx, "two", &[]);
+    // The steps are cached; --no-cache makes them run again on the
+    // persisted cache mount.
+    let second = build(&env, &ctx, "two", &["--no-cache"]);
     assert_eq!(
         read(&second, "seen"),
         "2\n",

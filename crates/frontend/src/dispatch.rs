@@ -170,6 +170,7 @@ impl<'s, 'a> StageBuilder<'s, 'a> {
         }
         self.steps.push(Step {
             line: inst.start_line,
+            text: inst.original.clone(),
             history: History {
                 created: None,
                 created_by: Some(created_by),

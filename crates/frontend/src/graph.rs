@@ -146,8 +146,9 @@ impl Op {
     }
 
     /// The canonical form the digest is computed over. Field order is
-    /// fixed here; inputs appear as their digests.
-    fn canonical(&self, digest: &dyn Fn(NodeId) -> String) -> Value {
+    /// fixed here; inputs appear as `digest` names them (their node
+    /// digests for the graph; the cache names them by their results).
+    pub fn canonical(&self, digest: &dyn Fn(NodeId) -> String) -> Value {
         let body = match self {
             Op::Scratch => json!({}),
             Op::Image { name, manifest } => {

@@ -36,6 +36,9 @@ pub enum Base {
 pub struct Step {
     /// Dockerfile line of the instruction.
     pub line: usize,
+    /// The instruction as written (continuations joined), for progress
+    /// display: `RUN make`.
+    pub text: String,
     pub history: History,
     pub node: Option<NodeId>,
 }

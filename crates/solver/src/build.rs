@@ -1,21 +1,28 @@
-//! Running a plan: each stage starts from its base's layers, and each graph
-//! node a step names (COPY, ADD, WORKDIR, ...) adds the layer of its change;
-//! the target's config, manifest and layers end up in the content store.
+//! Building a plan: the scheduler resolves the target stage's filesystem
+//! (each step from the cache or run), then the image is assembled from the
+//! stages' configs and history, with the layers' creation times, and its
+//! config, manifest and layers end up in the content store.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rbuild_exec::basefs::{BaseFs, Owner, UserError};
-use rbuild_exec::copy::{CopyError, CopySpec, copy_entries};
-use rbuild_exec::layer::{Entry, EntryKind, LayerWriter};
-use rbuild_exec::patterns::PatternMatcher;
-use rbuild_frontend::{Base, CopyOp, Graph, MkdirOp, NodeId, Op, Plan};
+use rbuild_exec::basefs::UserError;
+use rbuild_exec::copy::CopyError;
+use rbuild_frontend::{Base, NodeId, Plan};
 use rbuild_oci::{
-    BlobStore, Descriptor, Digest, ImageConfig, Manifest, media_type, time::format_rfc3339,
+    BlobStore, Descriptor, Digest, History, ImageConfig, Manifest, media_type, time::format_rfc3339,
 };
 
-use crate::ContentStore;
+use crate::cache_io::{
+    CacheConfig, CacheExport, CacheImport, CacheIoError, CacheMode, ImportedCache,
+};
+use crate::metadata::{CacheRecord, CachedLayer, MetadataError};
+use crate::progress::{Sink, Vertex};
+use crate::scheduler::{NodeResult, Schedule, Shared};
+use crate::steps::Layer;
+use crate::{ContentStore, Root};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -56,6 +63,15 @@ pub enum BuildError {
     Store(std::io::Error),
     #[error("the plan has no stages")]
     Empty,
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Cache(#[from] CacheIoError),
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// A step's error, also reported to the steps that depended on it.
+    #[error(transparent)]
+    Shared(Arc<BuildError>),
 }
 
 impl BuildError {
@@ -69,63 +85,69 @@ impl BuildError {
             | BuildError::Run { line, .. }
             | BuildError::Exec { line, .. }
             | BuildError::Source { line, .. } => Some(*line),
+            BuildError::Shared(inner) => inner.line(),
             _ => None,
         }
     }
 }
 
 /// Inputs of a build besides the plan.
-pub struct BuildOptions<'a> {
+pub struct BuildOptions {
     /// The build context directory.
-    pub context: &'a Path,
+    pub context: PathBuf,
     /// Where short-lived files go (the root's tmp directory).
-    pub scratch: &'a Path,
+    pub scratch: PathBuf,
     /// `SOURCE_DATE_EPOCH`: when set, the image and history times and the
     /// times of directories the build creates.
     pub source_date_epoch: Option<u64>,
     /// How RUN steps run; without one, a RUN is an error.
-    pub executor: Option<Executor<'a>>,
+    pub executor: Option<Executor>,
     /// The context's `.dockerignore` patterns (for `RUN --mount=type=bind`
     /// from the context; COPY has them in its context node).
-    pub context_excludes: &'a [String],
-    /// Told when each step starts, before it runs.
-    pub on_step: Option<&'a dyn Fn(&StepStarted<'_>)>,
+    pub context_excludes: Vec<String>,
+    /// Receives progress events.
+    pub progress: Option<Sink>,
+    /// What may come from the cache.
+    pub cache: CachePolicy,
+    /// Steps running at once (`--jobs`).
+    pub jobs: usize,
+    /// Names this Dockerfile for explaining misses: steps of the same
+    /// scope, stage and position are compared with their last build.
+    pub scope: String,
+    /// `--cache-from`: caches to reuse results from.
+    pub cache_imports: Vec<CacheImport>,
+    /// `--cache-to`: where to export the cache after the build.
+    pub cache_exports: Vec<CacheExport>,
 }
 
-/// A step about to run, for progress output.
-#[derive(Debug, Clone, Copy)]
-pub struct StepStarted<'a> {
-    /// The stage's name, if it has one.
-    pub stage: Option<&'a str>,
-    /// 1-based position in its stage, and the stage's number of steps.
-    pub index: usize,
-    pub total: usize,
-    /// Dockerfile line.
-    pub line: usize,
-    /// The history text of the instruction (`RUN /bin/sh -c ...`).
-    pub created_by: &'a str,
+/// Which cached results a build may use.
+#[derive(Debug, Clone, Default)]
+pub struct CachePolicy {
+    /// `--no-cache`: run every step.
+    pub disabled: bool,
+    /// `--no-cache-filter`: run every step of these stages (names or
+    /// indexes); stages after them rerun only if their inputs changed.
+    pub disabled_stages: Vec<String>,
 }
 
 /// What RUN steps need.
-pub struct Executor<'a> {
+#[derive(Debug, Clone)]
+pub struct Executor {
     /// The program re-executed as each container's init (rbuild itself,
     /// which hands `rbuild_exec::container::INIT_ARG` to the container
     /// code).
-    pub init: &'a Path,
+    pub init: PathBuf,
     /// Where unpacked layers live (the root's snapshots directory).
-    pub snapshots: &'a Path,
-    /// Receives each RUN's output as it comes: Dockerfile line, stream
-    /// (1 stdout, 2 stderr), bytes.
-    pub output: &'a dyn Fn(usize, u8, &[u8]),
+    pub snapshots: PathBuf,
     /// `--network` for steps that do not set one: true for none.
     pub isolate_network: bool,
     /// Where `RUN --mount=type=cache` directories persist (the root's
     /// cache-mounts directory).
-    pub cache_mounts: &'a Path,
+    pub cache_mounts: PathBuf,
     /// `--secret`s by id.
-    pub secrets: &'a HashMap<String, crate::SecretSource>,
+    pub secrets: HashMap<String, crate::SecretSource>,
     /// `--ssh` agent sockets by id.
-    pub ssh: &'a HashMap<String, PathBuf>,
+    pub ssh: HashMap<String, PathBuf>,
 }
 
 /// The result of a build.
@@ -139,21 +161,209 @@ pub struct BuiltImage {
 /// Builds the plan's target (its last stage).
 pub fn build(
     plan: &Plan,
-    store: &ContentStore,
-    options: &BuildOptions<'_>,
+    root: &Root,
+    mut options: BuildOptions,
 ) -> Result<BuiltImage, BuildError> {
-    let now = match options.source_date_epoch {
-        Some(epoch) => UNIX_EPOCH + Duration::from_secs(epoch),
-        None => SystemTime::now(),
-    };
-    let created = format_rfc3339(now);
-    let mut run = Run {
-        graph: &plan.graph,
-        store,
+    let target = plan.target().ok_or(BuildError::Empty)?;
+    // Context files are remembered by their real path.
+    if let Ok(real) = std::fs::canonicalize(&options.context) {
+        options.context = real;
+    }
+    let meta = root.metadata()?;
+    let schedule = schedule(plan, &options);
+    let source_date_epoch = options.source_date_epoch;
+    let imports = options
+        .cache_imports
+        .iter()
+        .map(ImportedCache::open)
+        .collect::<Result<Vec<_>, _>>()?;
+    let exports = std::mem::take(&mut options.cache_exports);
+    let shared = Arc::new(Shared::new(
+        plan.graph.clone(),
+        root.content.clone(),
+        meta,
         options,
-        dir_mtime: options.source_date_epoch.unwrap_or(0),
-        layers: HashMap::new(),
-    };
+        schedule,
+        root.path().join("locks"),
+        imports,
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rbuild-solver")
+        .build()
+        .map_err(|e| BuildError::Internal(format!("starting the scheduler: {e}")))?;
+    let mut nodes: Vec<NodeId> = Vec::new();
+    for stage in &plan.stages {
+        nodes.push(stage.root);
+        nodes.extend(stage.steps.iter().filter_map(|step| step.node));
+    }
+    nodes.push(target.state);
+    let outcome = runtime.block_on({
+        let shared = Arc::clone(&shared);
+        async move {
+            // All at once: each waits for its own inputs only, so
+            // independent stages run side by side.
+            let tasks: Vec<_> = nodes
+                .into_iter()
+                .map(|node| (node, tokio::spawn(shared.resolve(node))))
+                .collect();
+            let mut results = HashMap::new();
+            for (node, task) in tasks {
+                let result = task
+                    .await
+                    .map_err(|e| Arc::new(BuildError::Internal(format!("a step task: {e}"))))??;
+                results.insert(node, result);
+            }
+            Ok::<_, Arc<BuildError>>(results)
+        }
+    });
+    match outcome {
+        Ok(_) => drop(runtime),
+        // Steps of other stages may still be running: do not wait for
+        // them; they end with this process (their containers die with it).
+        Err(_) => runtime.shutdown_background(),
+    }
+    // What was learned is worth keeping even when the build failed.
+    let saved = shared.save_learned();
+    let results = outcome.map_err(|e| Arc::try_unwrap(e).unwrap_or_else(BuildError::Shared))?;
+    saved?;
+    let (config, layers) = assemble(plan, &results, source_date_epoch)?;
+    shared.ensure_blobs(&layers, 0)?;
+    for export in &exports {
+        export_cache(plan, &shared, &results, export)?;
+    }
+    store_image(&root.content, config, layers)
+}
+
+/// Writes the cache of this build's steps: the target's (and its base
+/// stages') for mode=min, every stage's for mode=max.
+fn export_cache(
+    plan: &Plan,
+    shared: &Shared,
+    results: &HashMap<NodeId, Arc<NodeResult>>,
+    export: &CacheExport,
+) -> Result<(), BuildError> {
+    let mut stages: Vec<usize> = Vec::new();
+    match export.mode {
+        CacheMode::Max => stages.extend(0..plan.stages.len()),
+        CacheMode::Min => {
+            let mut next = plan.stages.len().checked_sub(1);
+            while let Some(i) = next {
+                stages.push(i);
+                next = match plan.stages[i].base {
+                    Base::Stage(j) => Some(j),
+                    _ => None,
+                };
+            }
+        }
+    }
+    let mut config = CacheConfig::default();
+    for &i in &stages {
+        for node in plan.stages[i].steps.iter().filter_map(|s| s.node) {
+            let Some(result) = results.get(&node) else {
+                continue;
+            };
+            let Some(key) = result.key else { continue };
+            shared.ensure_blobs(&result.layers, 0)?;
+            let size = shared.meta.get(&key)?.map_or(0, |r| r.size);
+            let layers = result
+                .layers
+                .iter()
+                .map(|l| CachedLayer {
+                    descriptor: l.descriptor.clone(),
+                    diff_id: l.diff_id,
+                    created: l.created.clone(),
+                })
+                .collect();
+            config.records.insert(key, CacheRecord { layers, size });
+        }
+    }
+    if export.mode == CacheMode::Max {
+        config.source_sums.extend(shared.used_sums());
+    }
+    crate::cache_io::export(&shared.store, &config, &export.dir)?;
+    Ok(())
+}
+
+/// Vertices, cache rules and explain slots for the plan's steps.
+fn schedule(plan: &Plan, options: &BuildOptions) -> Schedule {
+    let mut vertices = HashMap::new();
+    let mut uncached = HashSet::new();
+    let mut slots = HashMap::new();
+    let mut next = 1;
+    for (index, stage) in plan.stages.iter().enumerate() {
+        let stage_name = stage
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{index}"));
+        let disabled = options.cache.disabled
+            || options
+                .cache
+                .disabled_stages
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(&stage_name) || *s == index.to_string());
+        let total = 1 + stage.steps.iter().filter(|s| s.node.is_some()).count();
+        if let Base::Image(image) = &stage.base
+            && !vertices.contains_key(&stage.root)
+        {
+            vertices.insert(
+                stage.root,
+                Vertex {
+                    id: next,
+                    digest: plan.graph.node(stage.root).digest,
+                    name: format!("[{stage_name} 1/{total}] FROM {}", image.name),
+                    line: None,
+                },
+            );
+            next += 1;
+        }
+        let mut position = 1;
+        for step in &stage.steps {
+            let Some(node) = step.node else { continue };
+            position += 1;
+            if disabled {
+                uncached.insert(node);
+            }
+            slots.entry(node).or_insert_with(|| {
+                Digest::of(
+                    format!("{}\0{index}\0{stage_name}\0{position}", options.scope).as_bytes(),
+                )
+            });
+            if vertices.contains_key(&node) {
+                continue;
+            }
+            vertices.insert(
+                node,
+                Vertex {
+                    id: next,
+                    digest: plan.graph.node(node).digest,
+                    name: format!("[{stage_name} {position}/{total}] {}", step.text),
+                    line: Some(step.line),
+                },
+            );
+            next += 1;
+        }
+    }
+    Schedule {
+        vertices,
+        uncached,
+        slots,
+    }
+}
+
+/// The target's config and layers, with history times as BuildKit sets
+/// them: a layer's entry has the time its step ran (from the cache when it
+/// was reused, so an unchanged rebuild gives the same image); an entry
+/// without a layer has the time of the entry before it, or of the first
+/// layer after it when none is before; the image's time is its last
+/// entry's.
+fn assemble(
+    plan: &Plan,
+    results: &HashMap<NodeId, Arc<NodeResult>>,
+    source_date_epoch: Option<u64>,
+) -> Result<(ImageConfig, Vec<Layer>), BuildError> {
+    let now = format_rfc3339(SystemTime::now());
+    let epoch = source_date_epoch.map(|e| format_rfc3339(UNIX_EPOCH + Duration::from_secs(e)));
     let mut configs: Vec<ImageConfig> = Vec::with_capacity(plan.stages.len());
     for stage in &plan.stages {
         let mut config = match &stage.base {
@@ -161,355 +371,70 @@ pub fn build(
             Base::Stage(i) => configs[*i].clone(),
             Base::Image(image) => image.config.clone(),
         };
-        let mut layers = run.layers_of(stage.root)?;
-        let mut fs: Option<BaseFs> = None;
-        for (i, step) in stage.steps.iter().enumerate() {
-            if let Some(on_step) = options.on_step {
-                on_step(&StepStarted {
-                    stage: stage.name.as_deref(),
-                    index: i + 1,
-                    total: stage.steps.len(),
-                    line: step.line,
-                    created_by: step.history.created_by.as_deref().unwrap_or_default(),
-                });
-            }
-            let mut history = step.history.clone();
-            history.created = Some(created.clone());
+        let mut previous: Option<&[Layer]> = None;
+        let mut history: Vec<History> = Vec::with_capacity(stage.steps.len());
+        let mut times: Vec<Option<String>> = Vec::with_capacity(stage.steps.len());
+        for step in &stage.steps {
+            let mut entry = step.history.clone();
+            let mut time = None;
             if let Some(node) = step.node {
-                if let Some(layer) = run.execute(node, &layers, &mut fs)? {
+                let result = results.get(&node).ok_or_else(|| {
+                    BuildError::Internal(format!("line {} was not built", step.line))
+                })?;
+                let before = previous.map_or_else(
+                    || results.get(&stage.root).map_or(0, |r| r.layers.len()),
+                    |p| p.len(),
+                );
+                if result.layers.len() > before {
+                    let layer = &result.layers[result.layers.len() - 1];
                     config.rootfs.diff_ids.push(layer.diff_id);
-                    layers.push(layer);
+                    time = Some(layer.created.clone().unwrap_or_else(|| now.clone()));
                 } else {
-                    history.empty_layer = true;
+                    entry.empty_layer = true;
                 }
-                run.layers.insert(node, layers.clone());
+                previous = Some(&result.layers);
             }
-            config.history.push(history);
+            history.push(entry);
+            times.push(time);
+        }
+        fill_times(&mut times, &now);
+        let mut last = None;
+        for (mut entry, time) in history.into_iter().zip(times) {
+            let time = time.unwrap_or_else(|| now.clone());
+            entry.created = Some(epoch.clone().unwrap_or(time));
+            last = entry.created.clone();
+            config.history.push(entry);
         }
         config.config = stage.config.clone();
         config.author = stage.author.clone();
-        config.created = Some(created.clone());
+        config.created = Some(epoch.clone().or(last).unwrap_or_else(|| now.clone()));
         configs.push(config);
     }
-    let target = configs.pop().ok_or(BuildError::Empty)?;
-    let target_layers = match plan.target() {
-        Some(stage) => run.layers_of(stage.state)?,
-        None => return Err(BuildError::Empty),
-    };
-    store_image(store, target, target_layers)
+    let target = plan.target().ok_or(BuildError::Empty)?;
+    let layers = results
+        .get(&target.state)
+        .map(|r| r.layers.clone())
+        .ok_or_else(|| BuildError::Internal("the target was not built".into()))?;
+    let config = configs.pop().ok_or(BuildError::Empty)?;
+    Ok((config, layers))
 }
 
-/// A layer of a filesystem being built: its blob and its diff ID (which
-/// names its unpacked form).
-#[derive(Debug, Clone)]
-pub(crate) struct Layer {
-    pub descriptor: Descriptor,
-    pub diff_id: Digest,
-}
-
-/// One build's execution state.
-pub(crate) struct Run<'a> {
-    graph: &'a Graph,
-    pub(crate) store: &'a ContentStore,
-    pub(crate) options: &'a BuildOptions<'a>,
-    dir_mtime: u64,
-    /// The layers of every filesystem node built so far.
-    layers: HashMap<NodeId, Vec<Layer>>,
-}
-
-impl Run<'_> {
-    /// The layers that make up a filesystem node.
-    pub(crate) fn layers_of(&mut self, node: NodeId) -> Result<Vec<Layer>, BuildError> {
-        if let Some(layers) = self.layers.get(&node) {
-            return Ok(layers.clone());
-        }
-        let layers = match &self.graph.node(node).op {
-            Op::Scratch => Vec::new(),
-            Op::Image { name, manifest } => {
-                let size = self
-                    .store
-                    .size(manifest)
-                    .map_err(|source| BuildError::BaseLayer {
-                        name: name.clone(),
-                        digest: *manifest,
-                        source,
-                    })?;
-                let descriptor = Descriptor::new(media_type::OCI_MANIFEST, *manifest, size);
-                let image = rbuild_export::load_image(self.store, descriptor, Vec::new()).map_err(
-                    |source| BuildError::Base {
-                        name: name.clone(),
-                        source,
-                    },
-                )?;
-                // load_image checked that the counts agree.
-                image
-                    .manifest
-                    .layers
-                    .into_iter()
-                    .zip(image.config.rootfs.diff_ids)
-                    .map(|(descriptor, diff_id)| Layer {
-                        descriptor,
-                        diff_id,
-                    })
-                    .collect()
-            }
-            // Stages are built in order, so a step's node is always known.
-            _ => Vec::new(),
-        };
-        self.layers.insert(node, layers.clone());
-        Ok(layers)
-    }
-
-    /// Runs one step's node on top of `layers`; returns its layer, if it
-    /// changed anything.
-    fn execute(
-        &mut self,
-        node: NodeId,
-        layers: &[Layer],
-        fs: &mut Option<BaseFs>,
-    ) -> Result<Option<Layer>, BuildError> {
-        let graph_node = self.graph.node(node);
-        let line = graph_node.line.unwrap_or(0);
-        if fs.is_none() {
-            *fs = Some(self.read_fs(layers)?);
-        }
-        let Some(base_fs) = fs.as_mut() else {
-            return Ok(None);
-        };
-        let entries = match &graph_node.op {
-            Op::Copy(copy) => return self.copy_layer(copy, base_fs, line),
-            Op::Mkdir(mkdir) => mkdir_entries(mkdir, base_fs, self.dir_mtime)
-                .map_err(|source| BuildError::User { line, source })?,
-            Op::Exec(exec) => return crate::exec_step::run(self, exec, layers, base_fs, line),
-            other => {
-                return Err(BuildError::Unsupported {
-                    line,
-                    what: format!("a step of kind {other:?}"),
-                });
-            }
-        };
-        self.commit_layer(&entries, base_fs, line)
-    }
-
-    /// Writes `entries` as a layer and records it in the base view; None
-    /// when there is nothing to write.
-    pub(crate) fn commit_layer(
-        &self,
-        entries: &[Entry],
-        base_fs: &mut BaseFs,
-        line: usize,
-    ) -> Result<Option<Layer>, BuildError> {
-        if entries.is_empty() {
-            return Ok(None);
-        }
-        let (descriptor, diff_id) = write_layer(self.store, entries)
-            .map_err(|source| BuildError::Layer { line, source })?;
-        let layer = self
-            .store
-            .open(&descriptor.digest)
-            .map_err(|source| BuildError::Layer { line, source })?;
-        base_fs
-            .apply_layer(layer)
-            .map_err(|source| BuildError::Layer { line, source })?;
-        Ok(Some(Layer {
-            descriptor,
-            diff_id,
-        }))
-    }
-
-    /// The base filesystem view, read from layer headers.
-    fn read_fs(&self, layers: &[Layer]) -> Result<BaseFs, BuildError> {
-        let mut fs = BaseFs::empty();
-        for layer in layers {
-            let err = |source| BuildError::BaseLayer {
-                name: "base".into(),
-                digest: layer.descriptor.digest,
-                source,
-            };
-            let file = self.store.open(&layer.descriptor.digest).map_err(err)?;
-            fs.apply_layer(file).map_err(err)?;
-        }
-        Ok(fs)
-    }
-
-    /// A COPY or ADD's layer.
-    fn copy_layer(
-        &mut self,
-        copy: &CopyOp,
-        base_fs: &mut BaseFs,
-        line: usize,
-    ) -> Result<Option<Layer>, BuildError> {
-        let what = if copy.unpack { "ADD" } else { "COPY" };
-        let owner = copy
-            .chown
-            .as_deref()
-            .map(|spec| base_fs.owner(spec))
-            .transpose()
-            .map_err(|source| BuildError::User { line, source })?;
-        // The source files as a directory on this machine.
-        let mut excludes = None;
-        let source_dir: SourceDir = match &self.graph.node(copy.source).op {
-            Op::Context(context) => {
-                if !context.exclude.is_empty() {
-                    let matcher =
-                        PatternMatcher::new(&context.exclude).map_err(|e| BuildError::Source {
-                            line,
-                            source: std::io::Error::other(format!(".dockerignore: {e}")),
-                        })?;
-                    excludes = Some(matcher);
-                }
-                SourceDir::Borrowed(self.options.context.to_path_buf())
-            }
-            Op::Inline(files) => {
-                let dir = ScratchDir::new(self.options.scratch)
-                    .map_err(|source| BuildError::Source { line, source })?;
-                for (name, content) in files {
-                    std::fs::write(dir.path.join(name), content)
-                        .map_err(|source| BuildError::Source { line, source })?;
-                }
-                SourceDir::Owned(dir)
-            }
-            _ => {
-                let layers = self.layers_of(copy.source)?;
-                SourceDir::Owned(self.materialize(&layers, line)?)
-            }
-        };
-        // Another filesystem's files keep their owners; the context's and
-        // inline files become root's.
-        let keep_owners = !matches!(
-            self.graph.node(copy.source).op,
-            Op::Context(_) | Op::Inline(_)
-        );
-        let copy_exclude = match copy.exclude.is_empty() {
-            true => None,
-            false => Some(
-                PatternMatcher::new(&copy.exclude).map_err(|e| BuildError::Source {
-                    line,
-                    source: std::io::Error::other(format!("--exclude: {e}")),
-                })?,
-            ),
-        };
-        let spec = CopySpec {
-            copy_exclude: copy_exclude.as_ref(),
-            parents: copy.parents,
-            keep_owners,
-            exclude: excludes.as_ref(),
-            context: source_dir.path(),
-            sources: &copy.sources,
-            dest: &copy.dest,
-            owner,
-            chmod: copy.chmod,
-            created_dir_mtime: self.dir_mtime,
-            unpack: copy.unpack,
-            scratch: self.options.scratch,
-        };
-        let copied = copy_entries(&spec, base_fs).map_err(|source| BuildError::Copy {
-            line,
-            what,
-            source,
-        })?;
-        self.commit_layer(&copied.entries, base_fs, line)
-    }
-
-    /// Applies `layers` into a fresh scratch directory.
-    pub(crate) fn materialize(
-        &self,
-        layers: &[Layer],
-        line: usize,
-    ) -> Result<ScratchDir, BuildError> {
-        let dir = ScratchDir::new(self.options.scratch)
-            .map_err(|source| BuildError::Source { line, source })?;
-        for layer in layers {
-            let file = self
-                .store
-                .open(&layer.descriptor.digest)
-                .map_err(|source| BuildError::Source { line, source })?;
-            rbuild_exec::apply::apply_layer(&dir.path, file).map_err(|e| BuildError::Source {
-                line,
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        }
-        Ok(dir)
-    }
-}
-
-/// Where a copy reads from: the context as it is, or a scratch copy.
-enum SourceDir {
-    Borrowed(PathBuf),
-    Owned(ScratchDir),
-}
-
-impl SourceDir {
-    fn path(&self) -> &Path {
-        match self {
-            SourceDir::Borrowed(p) => p,
-            SourceDir::Owned(d) => &d.path,
+/// Entries without a layer take the previous entry's time, or the first
+/// layer's when they come before any; with no layer at all, now.
+fn fill_times(times: &mut [Option<String>], now: &str) {
+    let first = times
+        .iter()
+        .flatten()
+        .next()
+        .cloned()
+        .unwrap_or_else(|| now.to_string());
+    let mut current = first;
+    for time in times.iter_mut() {
+        match time {
+            Some(t) => current = t.clone(),
+            None => *time = Some(current.clone()),
         }
     }
-}
-
-/// A directory under the root's tmp, removed when dropped.
-pub(crate) struct ScratchDir {
-    pub(crate) path: PathBuf,
-    _guard: tempfile::TempDir,
-}
-
-impl ScratchDir {
-    pub(crate) fn new(parent: &Path) -> std::io::Result<ScratchDir> {
-        std::fs::create_dir_all(parent)?;
-        let guard = tempfile::Builder::new().prefix("src-").tempdir_in(parent)?;
-        Ok(ScratchDir {
-            path: guard.path().to_path_buf(),
-            _guard: guard,
-        })
-    }
-}
-
-/// WORKDIR creates its missing directories, owned by the stage's USER.
-fn mkdir_entries(mkdir: &MkdirOp, fs: &BaseFs, mtime: u64) -> Result<Vec<Entry>, UserError> {
-    let owner = match &mkdir.user {
-        Some(user) => fs.owner(user)?,
-        None => Owner { uid: 0, gid: 0 },
-    };
-    let mut entries = Vec::new();
-    let mut path = String::new();
-    for part in mkdir.path.split('/').filter(|p| !p.is_empty()) {
-        if !path.is_empty() {
-            path.push('/');
-        }
-        path.push_str(part);
-        // Existing components are followed through symlinks, like mkdir -p.
-        if fs.is_dir(&path) {
-            if let Some(real) = fs.resolve_path(&path, true) {
-                path = real;
-            }
-            continue;
-        }
-        entries.push(Entry {
-            path: path.clone(),
-            kind: EntryKind::Directory,
-            mode: 0o755,
-            uid: u64::from(owner.uid),
-            gid: u64::from(owner.gid),
-            mtime,
-            xattrs: Vec::new(),
-        });
-    }
-    Ok(entries)
-}
-
-/// Writes a layer into the store; returns its descriptor and diff ID.
-fn write_layer(store: &ContentStore, entries: &[Entry]) -> std::io::Result<(Descriptor, Digest)> {
-    let mut writer = LayerWriter::new(store.ingest()?);
-    for entry in entries {
-        writer.add(entry)?;
-    }
-    let (diff_id, _, ingest) = writer.finish()?;
-    let (digest, size) = ingest.commit(Some(&diff_id))?;
-    Ok((
-        Descriptor::new(media_type::OCI_LAYER, digest, size),
-        diff_id,
-    ))
 }
 
 /// Stores the config and manifest of a finished image.

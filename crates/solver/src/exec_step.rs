@@ -21,7 +21,8 @@ use rbuild_exec::snapshot::{Snapshots, overlay_supported};
 use rbuild_frontend::ExecOp;
 use rbuild_oci::BlobStore;
 
-use crate::build::{BuildError, Layer, Run};
+use crate::build::BuildError;
+use crate::steps::{Layer, Run};
 
 /// BuildKit's hostname for build containers; scripts see it.
 const HOSTNAME: &str = "buildkitsandbox";
@@ -97,7 +98,7 @@ fn snapshotter(snapshots: &Path) -> Result<Snapshotter, String> {
 
 /// Runs `exec` on top of `layers`; returns its layer, if it changed files.
 pub(crate) fn run(
-    run: &mut Run<'_>,
+    run: &Run<'_>,
     exec: &ExecOp,
     layers: &[Layer],
     base_fs: &mut BaseFs,
@@ -124,9 +125,9 @@ pub(crate) fn run(
         .exec_user(exec.user.as_deref().unwrap_or("root"))
         .map_err(|source| BuildError::User { line, source })?;
 
-    let snapshotter = snapshotter(executor.snapshots).map_err(fail)?;
+    let snapshotter = snapshotter(&executor.snapshots).map_err(fail)?;
     let snapshots =
-        Snapshots::open(executor.snapshots).map_err(|e| fail(format!("layer store: {e}")))?;
+        Snapshots::open(&executor.snapshots).map_err(|e| fail(format!("layer store: {e}")))?;
     // Overlay wants the topmost lower first.
     let mut lowers: Vec<PathBuf> = Vec::with_capacity(layers.len());
     for layer in layers.iter().rev() {
@@ -157,7 +158,7 @@ pub(crate) fn run(
     // and heredoc scripts.
     let files = tempfile::Builder::new()
         .prefix("run-")
-        .tempdir_in(options.scratch)
+        .tempdir_in(&options.scratch)
         .map_err(|e| fail(format!("preparing files: {e}")))?;
     let write = |name: &str, content: &str, mode: u32| -> Result<PathBuf, BuildError> {
         use std::os::unix::fs::PermissionsExt;
@@ -226,10 +227,10 @@ pub(crate) fn run(
         mounts,
     };
     let status = container::run_with_mounts(
-        executor.init,
+        &executor.init,
         &spec,
         &prepared.mounts,
-        &mut |stream, bytes| (executor.output)(line, stream, bytes),
+        &mut |stream, bytes| run.output(stream, bytes),
     )
     .map_err(|e| fail(e.to_string()))?;
     drop(prepared);

@@ -6,16 +6,26 @@
 //!   stage, into an image in the content store.
 
 mod build;
+mod cache_io;
+mod cache_key;
+pub(crate) mod checksum;
 mod content;
 mod exec_step;
+mod explain;
+pub mod gc;
 mod images;
+pub mod metadata;
 mod mounts;
+pub mod progress;
+mod scheduler;
 mod scratch;
+mod steps;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use build::{BuildError, BuildOptions, BuiltImage, Executor, StepStarted, build};
+pub use build::{BuildError, BuildOptions, BuiltImage, CachePolicy, Executor, build};
+pub use cache_io::{CacheExport, CacheImport, CacheIoError, CacheMode};
 pub use content::{ContentStore, Ingest};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};
 pub use mounts::{SecretSource, parse_ssh};
@@ -27,6 +37,7 @@ pub struct Root {
     pub content: ContentStore,
     pub images: ImageStore,
     scratch: std::sync::Arc<scratch::ProcessScratch>,
+    metadata: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<metadata::Metadata>>>,
 }
 
 impl Root {
@@ -46,7 +57,17 @@ impl Root {
             content,
             images,
             scratch: std::sync::Arc::new(scratch),
+            metadata: Default::default(),
         })
+    }
+
+    /// The build cache's metadata database, opened on first use.
+    pub fn metadata(&self) -> Result<std::sync::Arc<metadata::Metadata>, metadata::MetadataError> {
+        if let Some(m) = self.metadata.get() {
+            return Ok(m.clone());
+        }
+        let opened = std::sync::Arc::new(metadata::Metadata::open(&self.path)?);
+        Ok(self.metadata.get_or_init(|| opened).clone())
     }
 
     pub fn path(&self) -> &Path {

@@ -20,7 +20,8 @@ use rbuild_exec::patterns::PatternMatcher;
 use rbuild_frontend::{ExecMount, ExecOp};
 use rbuild_oci::Digest;
 
-use crate::build::{BuildError, Run, ScratchDir};
+use crate::build::BuildError;
+use crate::steps::{Run, ScratchDir};
 
 /// Where a `--secret` comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,10 +240,26 @@ fn ram_in_bytes(size: &str) -> Option<u64> {
     Some((number * 1024f64.powi(power)) as u64)
 }
 
+/// The context path a bind mount without `from=` shows (`.` for the
+/// whole context); None for other mounts.
+pub(crate) fn context_bind_source(spec: &str) -> Option<String> {
+    let o = Options::parse(spec);
+    let kind = o.get(&["type"]).unwrap_or("bind");
+    if !kind.eq_ignore_ascii_case("bind") || o.get(&["from"]).is_some() {
+        return None;
+    }
+    let source = clean_relative(o.get(&["source", "src"]).unwrap_or(""));
+    let source = source.to_string_lossy();
+    Some(match source.is_empty() {
+        true => ".".to_string(),
+        false => source.into_owned(),
+    })
+}
+
 /// Prepares the host side of `exec`'s mounts; `files` is the step's
 /// private scratch directory (removed after the step).
 pub(crate) fn prepare(
-    run: &mut Run<'_>,
+    run: &Run<'_>,
     exec: &ExecOp,
     files: &Path,
     line: usize,
@@ -451,7 +468,7 @@ pub(crate) fn prepare(
 /// context (without what `.dockerignore` excludes) or in the `from=`
 /// filesystem. Returns the copy's directory and the path to mount.
 fn source_files(
-    run: &mut Run<'_>,
+    run: &Run<'_>,
     mount: &ExecMount,
     source: &Path,
     line: usize,
@@ -468,10 +485,10 @@ fn source_files(
             Ok((dir, path))
         }
         None => {
-            let matcher = PatternMatcher::new(options.context_excludes)
+            let matcher = PatternMatcher::new(&options.context_excludes)
                 .map_err(|e| fail(format!(".dockerignore: {e}")))?;
             let rel = source.to_string_lossy().into_owned();
-            let from = inside(options.context, source)
+            let from = inside(&options.context, source)
                 .ok()
                 .filter(|_| {
                     rel.is_empty() || !matcher.excludes(&rel) || matcher.may_include_below(&rel)
@@ -482,7 +499,7 @@ fn source_files(
                         source.display()
                     )))
                 })?;
-            let dir = ScratchDir::new(options.scratch)
+            let dir = ScratchDir::new(&options.scratch)
                 .map_err(|source| BuildError::Source { line, source })?;
             let to = dir.path.join("src");
             copy_tree(&from, &to, &rel, Some(&matcher))
@@ -602,7 +619,7 @@ struct CacheInit<'a> {
 
 /// Creates the cache directory `dir` (under `base`) if nobody has yet.
 fn create_cache(
-    run: &mut Run<'_>,
+    run: &Run<'_>,
     base: &Path,
     dir: &Path,
     init: &CacheInit<'_>,

@@ -1,0 +1,420 @@
+//! The build cache's metadata: which cache key produced which layers, the
+//! content checksums of context files, and what the last build of each
+//! step saw (for explaining misses).
+//!
+//! It lives in one SQLite database, `ROOT/metadata.db`, in WAL mode: every
+//! change is a transaction, so a build killed at any moment leaves either
+//! the old or the new record, never half of one, and several rbuild
+//! processes can use one root at once (writers wait for each other, up to
+//! [`BUSY_TIMEOUT`]). Blobs stay in the content store; a record is only
+//! written after the blobs it names are committed there.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rbuild_oci::{Descriptor, Digest};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::checksum::FileStamp;
+
+/// How long a writer waits for another process's transaction.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS cache (
+    key       TEXT PRIMARY KEY,   -- cache key digest
+    layers    TEXT NOT NULL,      -- JSON: the result's layers, bottom first
+    size      INTEGER NOT NULL,   -- bytes of the layer this step added (0: none)
+    created   INTEGER NOT NULL,   -- unix seconds
+    last_used INTEGER NOT NULL    -- unix seconds
+);
+CREATE INDEX IF NOT EXISTS cache_last_used ON cache(last_used);
+CREATE TABLE IF NOT EXISTS file_hashes (
+    path     BLOB PRIMARY KEY,    -- absolute host path
+    dev      INTEGER NOT NULL,
+    ino      INTEGER NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    digest   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS source_sums (
+    key       TEXT PRIMARY KEY,   -- source filesystem + selection
+    digest    TEXT NOT NULL,
+    last_used INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS explain (
+    slot  TEXT PRIMARY KEY,       -- a step's place: context, Dockerfile, stage, index
+    facts TEXT NOT NULL           -- JSON, see crate::explain
+);
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("build cache database {path}: {source}")]
+    Db {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("build cache database {path}: bad record for {key}: {message}")]
+    Corrupt {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// One layer of a cached result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedLayer {
+    pub descriptor: Descriptor,
+    pub diff_id: Digest,
+    /// When the step that made it ran (RFC 3339); history times of images
+    /// built from the cache are these, so an unchanged rebuild gives the
+    /// same image ID, as with BuildKit. None for base image layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+}
+
+/// A cache record: the filesystem a step produced, as all its layers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    pub layers: Vec<CachedLayer>,
+    /// Bytes of the layer the step itself added (0 if it added none).
+    pub size: u64,
+}
+
+/// A row of the cache table, for `du`, `prune` and export.
+#[derive(Debug, Clone)]
+pub struct CacheEntry {
+    pub key: Digest,
+    pub record: CacheRecord,
+    pub created: u64,
+    pub last_used: u64,
+}
+
+/// A `file_hashes` row: path, dev, ino, size, mtime, ctime, digest.
+type FileHashRow = (Vec<u8>, i64, i64, i64, i64, i64, String);
+
+/// The metadata database of a root.
+pub struct Metadata {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metadata")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Metadata {
+    /// Opens (creating if needed) `ROOT/metadata.db`.
+    pub fn open(root: &Path) -> Result<Metadata, MetadataError> {
+        let path = root.join("metadata.db");
+        let err = |source| MetadataError::Db {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        // WAL lets readers and one writer work at once across processes;
+        // NORMAL syncing keeps the database consistent after a crash of the
+        // process (the case we must survive), losing at most the last
+        // commits on power loss, which only costs cache hits.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Metadata {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, MetadataError> {
+        // A panic while holding the lock cannot leave a half-done
+        // transaction behind (SQLite rolls it back), so a poisoned mutex
+        // is safe to keep using.
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn).map_err(|source| MetadataError::Db {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn corrupt(&self, key: &str, message: impl ToString) -> MetadataError {
+        MetadataError::Corrupt {
+            path: self.path.clone(),
+            key: key.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    /// The record for a cache key.
+    pub fn get(&self, key: &Digest) -> Result<Option<CacheRecord>, MetadataError> {
+        let k = key.to_string();
+        let row: Option<(String, i64)> = self.with(|c| {
+            c.prepare_cached("SELECT layers, size FROM cache WHERE key = ?1")?
+                .query_row([&k], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
+        })?;
+        let Some((json, size)) = row else {
+            return Ok(None);
+        };
+        let layers = serde_json::from_str(&json).map_err(|e| self.corrupt(&k, e))?;
+        Ok(Some(CacheRecord {
+            layers,
+            size: size.max(0) as u64,
+        }))
+    }
+
+    /// Stores (or replaces) a record.
+    pub fn put(&self, key: &Digest, record: &CacheRecord) -> Result<(), MetadataError> {
+        let json =
+            serde_json::to_string(&record.layers).map_err(|e| self.corrupt(&key.to_string(), e))?;
+        let now = unix_now();
+        self.with(|c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO cache (key, layers, size, created, last_used)
+                 VALUES (?1, ?2, ?3, ?4, ?4)",
+            )?
+            .execute(params![
+                key.to_string(),
+                json,
+                record.size as i64,
+                now as i64
+            ])
+            .map(drop)
+        })
+    }
+
+    /// Marks records as used now (one transaction for all).
+    pub fn touch(&self, keys: &[Digest]) -> Result<(), MetadataError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let now = unix_now() as i64;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("UPDATE cache SET last_used = ?1 WHERE key = ?2")?;
+                for key in keys {
+                    stmt.execute(params![now, key.to_string()])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Every record, oldest use first.
+    pub fn entries(&self) -> Result<Vec<CacheEntry>, MetadataError> {
+        let rows: Vec<(String, String, i64, i64, i64)> = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT key, layers, size, created, last_used FROM cache ORDER BY last_used, key",
+            )?;
+            stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect()
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (key, layers, size, created, last_used) in rows {
+            let digest = key.parse::<Digest>().map_err(|e| self.corrupt(&key, e))?;
+            let layers: Vec<CachedLayer> =
+                serde_json::from_str(&layers).map_err(|e| self.corrupt(&key, e))?;
+            out.push(CacheEntry {
+                key: digest,
+                record: CacheRecord {
+                    layers,
+                    size: size.max(0) as u64,
+                },
+                created: created.max(0) as u64,
+                last_used: last_used.max(0) as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes records (one transaction).
+    pub fn remove(&self, keys: &[Digest]) -> Result<(), MetadataError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached("DELETE FROM cache WHERE key = ?1")?;
+                for key in keys {
+                    stmt.execute([key.to_string()])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Content digests of files below `dir` known from earlier builds.
+    pub fn file_hashes(
+        &self,
+        dir: &Path,
+    ) -> Result<HashMap<PathBuf, (FileStamp, Digest)>, MetadataError> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut lo = dir.as_os_str().as_bytes().to_vec();
+        lo.push(b'/');
+        // Every path below dir sorts between "dir/" and "dir0" ('0' is the
+        // byte after '/').
+        let mut hi = dir.as_os_str().as_bytes().to_vec();
+        hi.push(b'0');
+        let rows: Vec<FileHashRow> = self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT path, dev, ino, size, mtime_ns, ctime_ns, digest FROM file_hashes
+                 WHERE path >= ?1 AND path < ?2",
+            )?;
+            stmt.query_map(params![lo, hi], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })?
+            .collect()
+        })?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for (path, dev, ino, size, mtime_ns, ctime_ns, digest) in rows {
+            // A row we cannot read is only a lost shortcut: the file is
+            // hashed again.
+            let Ok(digest) = digest.parse::<Digest>() else {
+                continue;
+            };
+            let stamp = FileStamp {
+                dev: dev as u64,
+                ino: ino as u64,
+                size: size as u64,
+                mtime_ns,
+                ctime_ns,
+            };
+            out.insert(
+                PathBuf::from(std::ffi::OsStr::from_bytes(&path)),
+                (stamp, digest),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Remembers files' content digests (one transaction).
+    pub fn put_file_hashes(
+        &self,
+        hashed: &[(PathBuf, FileStamp, Digest)],
+    ) -> Result<(), MetadataError> {
+        use std::os::unix::ffi::OsStrExt;
+        if hashed.is_empty() {
+            return Ok(());
+        }
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO file_hashes
+                     (path, dev, ino, size, mtime_ns, ctime_ns, digest)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                for (path, s, digest) in hashed {
+                    stmt.execute(params![
+                        path.as_os_str().as_bytes(),
+                        s.dev as i64,
+                        s.ino as i64,
+                        s.size as i64,
+                        s.mtime_ns,
+                        s.ctime_ns,
+                        digest.to_string()
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// The checksum of a selection of another filesystem's files.
+    pub fn source_sum(&self, key: &Digest) -> Result<Option<Digest>, MetadataError> {
+        let k = key.to_string();
+        let s: Option<String> = self.with(|c| {
+            c.prepare_cached("SELECT digest FROM source_sums WHERE key = ?1")?
+                .query_row([&k], |r| r.get(0))
+                .optional()
+        })?;
+        Ok(s.and_then(|s| s.parse().ok()))
+    }
+
+    pub fn put_source_sum(&self, key: &Digest, sum: &Digest) -> Result<(), MetadataError> {
+        let now = unix_now() as i64;
+        self.with(|c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO source_sums (key, digest, last_used) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![key.to_string(), sum.to_string(), now])
+            .map(drop)
+        })
+    }
+
+    /// What the last build of a step saw.
+    pub fn facts(&self, slot: &Digest) -> Result<Option<String>, MetadataError> {
+        let k = slot.to_string();
+        self.with(|c| {
+            c.prepare_cached("SELECT facts FROM explain WHERE slot = ?1")?
+                .query_row([&k], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    /// Records what steps saw (one transaction).
+    pub fn put_facts(&self, facts: &[(Digest, String)]) -> Result<(), MetadataError> {
+        if facts.is_empty() {
+            return Ok(());
+        }
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO explain (slot, facts) VALUES (?1, ?2)",
+                )?;
+                for (slot, json) in facts {
+                    stmt.execute(params![slot.to_string(), json])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Forgets source checksums not used since `before` (unix seconds) and
+    /// file hashes of files that no longer exist.
+    pub fn prune_auxiliary(&self, before: u64) -> Result<(), MetadataError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM source_sums WHERE last_used < ?1",
+                [before as i64],
+            )
+            .map(drop)
+        })
+    }
+}

@@ -1,0 +1,350 @@
+//! Doing one step whose result was not in the cache: a COPY/ADD, a
+//! WORKDIR's directories or a RUN, each making at most one layer on top of
+//! its base's layers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rbuild_exec::basefs::{BaseFs, Owner, UserError};
+use rbuild_exec::copy::{CopySpec, copy_entries};
+use rbuild_exec::layer::{Entry, EntryKind, LayerWriter};
+use rbuild_exec::patterns::PatternMatcher;
+use rbuild_frontend::{CopyOp, Graph, MkdirOp, NodeId, Op};
+use rbuild_oci::{BlobStore, Descriptor, Digest, media_type};
+
+use crate::ContentStore;
+use crate::build::{BuildError, BuildOptions};
+use crate::progress::{Event, VertexId};
+use crate::scheduler::NodeResult;
+
+/// A layer of a filesystem being built: its blob, its diff ID (which
+/// names its unpacked form) and when the step that made it ran.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Layer {
+    pub descriptor: Descriptor,
+    pub diff_id: Digest,
+    pub created: Option<String>,
+}
+
+/// What one step runs with: the build's stores and options, and the
+/// results of the nodes it reads.
+pub(crate) struct Run<'a> {
+    pub(crate) graph: &'a Graph,
+    pub(crate) store: &'a ContentStore,
+    pub(crate) options: &'a BuildOptions,
+    pub(crate) inputs: &'a HashMap<NodeId, Arc<NodeResult>>,
+    /// The vertex whose output RUN logs are.
+    pub(crate) vertex: VertexId,
+    /// Modification time of directories the build creates.
+    pub(crate) dir_mtime: u64,
+}
+
+impl Run<'_> {
+    /// The layers of an input filesystem.
+    pub(crate) fn layers_of(&self, node: NodeId) -> Result<Vec<Layer>, BuildError> {
+        self.inputs
+            .get(&node)
+            .map(|r| r.layers.clone())
+            .ok_or_else(|| BuildError::Internal(format!("input {node:?} was not built")))
+    }
+
+    /// Sends a RUN's output to the progress display.
+    pub(crate) fn output(&self, stream: u8, data: &[u8]) {
+        if let Some(sink) = &self.options.progress {
+            sink(Event::Log {
+                vertex: self.vertex,
+                stream,
+                data: data.to_vec(),
+                at: std::time::SystemTime::now(),
+            });
+        }
+    }
+
+    /// Runs one step's node on top of `layers`; returns its layer, if it
+    /// changed anything. `source` is the copy source already unpacked, if
+    /// the cache key needed it.
+    pub(crate) fn execute(
+        &self,
+        node: NodeId,
+        layers: &[Layer],
+        base_fs: &mut BaseFs,
+        source: Option<ScratchDir>,
+    ) -> Result<Option<Layer>, BuildError> {
+        let graph_node = self.graph.node(node);
+        let line = graph_node.line.unwrap_or(0);
+        match &graph_node.op {
+            Op::Copy(copy) => self.copy_layer(copy, base_fs, source, line),
+            Op::Mkdir(mkdir) => {
+                let entries = mkdir_entries(mkdir, base_fs, self.dir_mtime)
+                    .map_err(|source| BuildError::User { line, source })?;
+                self.commit_layer(&entries, base_fs, line)
+            }
+            Op::Exec(exec) => crate::exec_step::run(self, exec, layers, base_fs, line),
+            other => Err(BuildError::Unsupported {
+                line,
+                what: format!("a step of kind {other:?}"),
+            }),
+        }
+    }
+
+    /// Writes `entries` as a layer and records it in the base view; None
+    /// when there is nothing to write.
+    pub(crate) fn commit_layer(
+        &self,
+        entries: &[Entry],
+        base_fs: &mut BaseFs,
+        line: usize,
+    ) -> Result<Option<Layer>, BuildError> {
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let (descriptor, diff_id) = write_layer(self.store, entries)
+            .map_err(|source| BuildError::Layer { line, source })?;
+        let layer = self
+            .store
+            .open(&descriptor.digest)
+            .map_err(|source| BuildError::Layer { line, source })?;
+        base_fs
+            .apply_layer(layer)
+            .map_err(|source| BuildError::Layer { line, source })?;
+        Ok(Some(Layer {
+            descriptor,
+            diff_id,
+            created: Some(rbuild_oci::time::format_rfc3339(
+                std::time::SystemTime::now(),
+            )),
+        }))
+    }
+
+    /// A COPY or ADD's layer.
+    fn copy_layer(
+        &self,
+        copy: &CopyOp,
+        base_fs: &mut BaseFs,
+        unpacked: Option<ScratchDir>,
+        line: usize,
+    ) -> Result<Option<Layer>, BuildError> {
+        let what = if copy.unpack { "ADD" } else { "COPY" };
+        let owner = copy
+            .chown
+            .as_deref()
+            .map(|spec| base_fs.owner(spec))
+            .transpose()
+            .map_err(|source| BuildError::User { line, source })?;
+        // The source files as a directory on this machine.
+        let mut excludes = None;
+        let source_dir: SourceDir = match &self.graph.node(copy.source).op {
+            Op::Context(context) => {
+                excludes = context_matcher(&context.exclude, line)?;
+                SourceDir::Borrowed(self.options.context.clone())
+            }
+            Op::Inline(files) => SourceDir::Owned(inline_dir(self.options, files, line)?),
+            _ => match unpacked {
+                Some(dir) => SourceDir::Owned(dir),
+                None => {
+                    let layers = self.layers_of(copy.source)?;
+                    SourceDir::Owned(materialize(self.store, self.options, &layers, line)?)
+                }
+            },
+        };
+        let copy_exclude = copy_exclude_matcher(&copy.exclude, line)?;
+        let spec = CopySpec {
+            copy_exclude: copy_exclude.as_ref(),
+            parents: copy.parents,
+            keep_owners: keeps_owners(self.graph, copy),
+            exclude: excludes.as_ref(),
+            context: source_dir.path(),
+            sources: &copy.sources,
+            dest: &copy.dest,
+            owner,
+            chmod: copy.chmod,
+            created_dir_mtime: self.dir_mtime,
+            unpack: copy.unpack,
+            scratch: &self.options.scratch,
+        };
+        let copied = copy_entries(&spec, base_fs).map_err(|source| BuildError::Copy {
+            line,
+            what,
+            source,
+        })?;
+        self.commit_layer(&copied.entries, base_fs, line)
+    }
+
+    /// Applies `layers` into a fresh scratch directory.
+    pub(crate) fn materialize(
+        &self,
+        layers: &[Layer],
+        line: usize,
+    ) -> Result<ScratchDir, BuildError> {
+        materialize(self.store, self.options, layers, line)
+    }
+}
+
+/// Another filesystem's files keep their owners; the context's and inline
+/// files become root's.
+pub(crate) fn keeps_owners(graph: &Graph, copy: &CopyOp) -> bool {
+    !matches!(graph.node(copy.source).op, Op::Context(_) | Op::Inline(_))
+}
+
+/// The `.dockerignore` matcher of a context node.
+pub(crate) fn context_matcher(
+    patterns: &[String],
+    line: usize,
+) -> Result<Option<PatternMatcher>, BuildError> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    PatternMatcher::new(patterns)
+        .map(Some)
+        .map_err(|e| BuildError::Source {
+            line,
+            source: std::io::Error::other(format!(".dockerignore: {e}")),
+        })
+}
+
+/// A copy's `--exclude` matcher.
+pub(crate) fn copy_exclude_matcher(
+    patterns: &[String],
+    line: usize,
+) -> Result<Option<PatternMatcher>, BuildError> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    PatternMatcher::new(patterns)
+        .map(Some)
+        .map_err(|e| BuildError::Source {
+            line,
+            source: std::io::Error::other(format!("--exclude: {e}")),
+        })
+}
+
+/// COPY heredoc files, written out.
+fn inline_dir(
+    options: &BuildOptions,
+    files: &[(String, String)],
+    line: usize,
+) -> Result<ScratchDir, BuildError> {
+    let dir =
+        ScratchDir::new(&options.scratch).map_err(|source| BuildError::Source { line, source })?;
+    for (name, content) in files {
+        std::fs::write(dir.path.join(name), content)
+            .map_err(|source| BuildError::Source { line, source })?;
+    }
+    Ok(dir)
+}
+
+/// Applies `layers` into a fresh scratch directory.
+pub(crate) fn materialize(
+    store: &ContentStore,
+    options: &BuildOptions,
+    layers: &[Layer],
+    line: usize,
+) -> Result<ScratchDir, BuildError> {
+    let dir =
+        ScratchDir::new(&options.scratch).map_err(|source| BuildError::Source { line, source })?;
+    for layer in layers {
+        let file = store
+            .open(&layer.descriptor.digest)
+            .map_err(|source| BuildError::Source { line, source })?;
+        rbuild_exec::apply::apply_layer(&dir.path, file).map_err(|e| BuildError::Source {
+            line,
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    }
+    Ok(dir)
+}
+
+/// The base filesystem view, read from layer headers.
+pub(crate) fn read_fs(store: &ContentStore, layers: &[Layer]) -> Result<BaseFs, BuildError> {
+    let mut fs = BaseFs::empty();
+    for layer in layers {
+        let err = |source| BuildError::BaseLayer {
+            name: "base".into(),
+            digest: layer.descriptor.digest,
+            source,
+        };
+        let file = store.open(&layer.descriptor.digest).map_err(err)?;
+        fs.apply_layer(file).map_err(err)?;
+    }
+    Ok(fs)
+}
+
+/// Where a copy reads from: the context as it is, or a scratch copy.
+enum SourceDir {
+    Borrowed(PathBuf),
+    Owned(ScratchDir),
+}
+
+impl SourceDir {
+    fn path(&self) -> &Path {
+        match self {
+            SourceDir::Borrowed(p) => p,
+            SourceDir::Owned(d) => &d.path,
+        }
+    }
+}
+
+/// A directory under the root's tmp, removed when dropped.
+pub(crate) struct ScratchDir {
+    pub(crate) path: PathBuf,
+    _guard: tempfile::TempDir,
+}
+
+impl ScratchDir {
+    pub(crate) fn new(parent: &Path) -> std::io::Result<ScratchDir> {
+        std::fs::create_dir_all(parent)?;
+        let guard = tempfile::Builder::new().prefix("src-").tempdir_in(parent)?;
+        Ok(ScratchDir {
+            path: guard.path().to_path_buf(),
+            _guard: guard,
+        })
+    }
+}
+
+/// WORKDIR creates its missing directories, owned by the stage's USER.
+fn mkdir_entries(mkdir: &MkdirOp, fs: &BaseFs, mtime: u64) -> Result<Vec<Entry>, UserError> {
+    let owner = match &mkdir.user {
+        Some(user) => fs.owner(user)?,
+        None => Owner { uid: 0, gid: 0 },
+    };
+    let mut entries = Vec::new();
+    let mut path = String::new();
+    for part in mkdir.path.split('/').filter(|p| !p.is_empty()) {
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push_str(part);
+        // Existing components are followed through symlinks, like mkdir -p.
+        if fs.is_dir(&path) {
+            if let Some(real) = fs.resolve_path(&path, true) {
+                path = real;
+            }
+            continue;
+        }
+        entries.push(Entry {
+            path: path.clone(),
+            kind: EntryKind::Directory,
+            mode: 0o755,
+            uid: u64::from(owner.uid),
+            gid: u64::from(owner.gid),
+            mtime,
+            xattrs: Vec::new(),
+        });
+    }
+    Ok(entries)
+}
+
+/// Writes a layer into the store; returns its descriptor and diff ID.
+fn write_layer(store: &ContentStore, entries: &[Entry]) -> std::io::Result<(Descriptor, Digest)> {
+    let mut writer = LayerWriter::new(store.ingest()?);
+    for entry in entries {
+        writer.add(entry)?;
+    }
+    let (diff_id, _, ingest) = writer.finish()?;
+    let (digest, size) = ingest.commit(Some(&diff_id))?;
+    Ok((
+        Descriptor::new(media_type::OCI_LAYER, digest, size),
+        diff_id,
+    ))
+}
