@@ -25,9 +25,17 @@
 //!     upper/ work/ rootfs/   one run's overlay directories
 //! ```
 //!
-//! A layer is unpacked into `tmp/<id>/layer`, checked against its diff ID,
-//! flushed to disk and only then renamed to `layers/<hex>`, so a crash never
-//! leaves a partial layer where a later run would use it.
+//! A layer is unpacked into `tmp/<id>/layer`, checked against its diff ID
+//! and only then renamed to `layers/<hex>`, so a crashed or killed process
+//! never leaves a partial layer where a later run would use it.
+//!
+//! Unpacked layers are caches of blobs that are themselves durable, so they
+//! are not flushed to disk (a `syncfs` there flushed the whole filesystem,
+//! everyone's dirty data, and made a RUN after a large COPY take seconds
+//! longer). They are trusted within the boot that unpacked them: `boot_id`
+//! records it, and after a restart (when unflushed files may have been
+//! lost) every layer is dropped and unpacked again on demand. Where the boot
+//! ID cannot be read, layers are flushed as before.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -92,26 +100,77 @@ pub struct Snapshots {
     layers: PathBuf,
     locks: PathBuf,
     tmp: PathBuf,
+    /// Whether unpacked layers must be flushed (no boot ID to scope them).
+    flush: bool,
 }
+
+/// The kernel's ID of the current boot.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 impl Snapshots {
     /// Opens (creating if needed) the snapshots directory `root`, and
     /// removes what crashed processes left in its `tmp/`.
     pub fn open(root: &Path) -> Result<Snapshots, SnapshotError> {
+        let boot = fs::read_to_string(BOOT_ID)
+            .map(|b| b.trim().to_string())
+            .unwrap_or_default();
         let s = Snapshots {
             layers: root.join("layers"),
             locks: root.join("locks"),
             tmp: root.join("tmp"),
+            flush: boot.is_empty(),
         };
-        for dir in [root, &s.layers, &s.locks, &s.tmp] {
+        for dir in [root, &s.locks, &s.tmp] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
                 .map_err(io_at("create directory", dir))?;
         }
+        if !boot.is_empty() {
+            s.scope_to_boot(root, &boot)?;
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&s.layers)
+            .map_err(io_at("create directory", &s.layers))?;
         s.remove_stale();
         Ok(s)
+    }
+
+    /// Drops the unpacked layers of an earlier boot (they may have lost
+    /// unflushed files in a crash) and records this boot as theirs.
+    fn scope_to_boot(&self, root: &Path, boot: &str) -> Result<(), SnapshotError> {
+        let record = root.join("boot_id");
+        if fs::read_to_string(&record).is_ok_and(|r| r.trim() == boot) {
+            return Ok(());
+        }
+        let lock_path = self.locks.join("boot.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_at("open lock", &lock_path))?;
+        lock_exclusive(&lock).map_err(io_at("lock", &lock_path))?;
+        // Another process may have done it while we waited.
+        if fs::read_to_string(&record).is_ok_and(|r| r.trim() == boot) {
+            return Ok(());
+        }
+        if self.layers.exists() {
+            // Out of sight in one rename, then deleted: no process of an
+            // earlier boot can be using them.
+            let aside = self
+                .tmp
+                .join(format!("previous-boot-{}", std::process::id()));
+            fs::rename(&self.layers, &aside).map_err(io_at("move aside", &self.layers))?;
+            remove_work_dir(&aside);
+        }
+        let tmp_record = root.join(format!("boot_id.tmp-{}", std::process::id()));
+        fs::write(&tmp_record, boot).map_err(io_at("write", &tmp_record))?;
+        fs::rename(&tmp_record, &record).map_err(io_at("write", &record))?;
+        Ok(())
     }
 
     /// The lower directory of a layer, unpacking it on first use.
@@ -149,15 +208,16 @@ impl Snapshots {
         let target = work.path().join("layer");
         make_dir(&target, 0o755)?;
         unpack(&target, diff_id, layer)?;
-        // Durable before it becomes visible: after a system crash the layer
-        // is either complete or absent.
-        let dir = File::open(&target).map_err(io_at("open", &target))?;
-        rustix::fs::syncfs(&dir).map_err(|e| SnapshotError::Io {
-            op: "sync",
-            path: target.clone(),
-            source: e.into(),
-        })?;
-        drop(dir);
+        if self.flush {
+            // Without a boot to scope it to, durable before it becomes
+            // visible: after a system crash it is complete or absent.
+            let dir = File::open(&target).map_err(io_at("open", &target))?;
+            rustix::fs::syncfs(&dir).map_err(|e| SnapshotError::Io {
+                op: "sync",
+                path: target.clone(),
+                source: e.into(),
+            })?;
+        }
         match rename_noreplace(&target, &dest) {
             Ok(()) => {}
             // Someone unpacked it without our lock (an older rbuild, or a
@@ -429,7 +489,10 @@ fn unpack(
             hasher: Hasher::new(),
             tx: Some(tx),
         };
-        let applied = apply_layer(target, &mut tee);
+        // Large reads through the tee: the tar reader asks for 512-byte
+        // headers, and each tee read is a hash update and a channel send
+        // (a thread wake-up) — per header, that dominated unpacking.
+        let applied = apply_layer(target, std::io::BufReader::with_capacity(1 << 20, &mut tee));
         let actual = tee.hasher.clone().finish();
         // Closing the channel ends the parser.
         drop(tee);
@@ -784,6 +847,30 @@ fn probe_overlay(root: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layers_of_another_boot_are_dropped() {
+        let Ok(boot) = fs::read_to_string(BOOT_ID) else {
+            return; // no boot ID here: layers are flushed instead
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let kept = tmp.path().join("layers/kept");
+        fs::create_dir_all(&kept).unwrap();
+        fs::write(tmp.path().join("boot_id"), boot.trim()).unwrap();
+        Snapshots::open(tmp.path()).unwrap();
+        assert!(kept.is_dir(), "a layer of this boot is kept");
+
+        fs::write(tmp.path().join("boot_id"), "an earlier boot").unwrap();
+        let s = Snapshots::open(tmp.path()).unwrap();
+        assert!(!s.flush);
+        assert!(!kept.exists(), "a layer of an earlier boot is dropped");
+        assert!(tmp.path().join("layers").is_dir());
+        assert_eq!(
+            fs::read_to_string(tmp.path().join("boot_id")).unwrap(),
+            boot.trim()
+        );
+        assert_eq!(fs::read_dir(tmp.path().join("tmp")).unwrap().count(), 0);
+    }
     use crate::layer::{Entry, EntryKind};
     use std::os::unix::fs::MetadataExt;
     use std::sync::atomic::AtomicUsize;

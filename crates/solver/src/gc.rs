@@ -1561,6 +1561,11 @@ mod tests {
 
     fn snapshot(t: &T, diff_id: &Digest, bytes: usize) -> PathBuf {
         let dir = t.root.path().join("snapshots/layers").join(diff_id.hex());
+        // Unpacked in this boot, as the layer store records it (layers of
+        // another boot are dropped when it opens).
+        let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        fs::create_dir_all(t.root.path().join("snapshots")).unwrap();
+        fs::write(t.root.path().join("snapshots/boot_id"), boot.trim()).unwrap();
         fs::create_dir_all(dir.join("sub")).unwrap();
         fs::write(dir.join("sub/file"), vec![1u8; bytes]).unwrap();
         dir
