@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use crate::build::BuildError;
 use crate::checksum::{Selection, checksum_selection};
 use crate::scheduler::{NodeResult, Shared};
-use crate::steps::{Layer, ScratchDir, context_matcher, copy_exclude_matcher, materialize};
+use crate::steps::{Layer, ScratchDir, context_matcher, copy_exclude_matcher, materialize_for};
 
 /// Files listed per step for `--explain-cache`; above this only the
 /// selection's checksum is kept.
@@ -169,7 +169,13 @@ fn stage_checksum(
         return Ok((sum, None));
     }
     shared.ensure_blobs(layers, line)?;
-    let dir = materialize(&shared.store, &shared.options, layers, line)?;
+    let dir = materialize_for(
+        &shared.store,
+        &shared.options,
+        layers,
+        Some(&copy.sources),
+        line,
+    )?;
     let selection = Selection {
         root: &dir.path,
         sources: &copy.sources,

@@ -56,6 +56,17 @@ impl ContentStore {
         })
     }
 
+    /// Starts writing a blob whose writer computes its digest itself (a
+    /// layer writer hashes its tar stream for the diff ID; an uncompressed
+    /// layer's digest is the same), so the bytes are not hashed twice.
+    pub fn ingest_prehashed(&self) -> io::Result<PrehashedIngest<'_>> {
+        let file = NamedTempFile::new_in(&self.tmp)?;
+        Ok(PrehashedIngest {
+            store: self,
+            writer: BufWriter::with_capacity(1 << 20, file),
+        })
+    }
+
     /// Deletes a blob; a missing blob is not an error.
     pub fn delete(&self, digest: &Digest) -> io::Result<()> {
         match fs::remove_file(self.path(digest)) {
@@ -123,7 +134,45 @@ impl Write for Ingest<'_> {
     }
 }
 
+/// A blob being written whose digest the caller computes over exactly the
+/// bytes it writes. Dropping it without committing discards it.
+pub struct PrehashedIngest<'a> {
+    store: &'a ContentStore,
+    writer: BufWriter<NamedTempFile>,
+}
+
+impl PrehashedIngest<'_> {
+    /// Finishes the blob under `digest`, which the caller computed.
+    pub fn commit(self, digest: &Digest) -> io::Result<u64> {
+        let file = self.writer.into_inner().map_err(|e| e.into_error())?;
+        let size = file.as_file().metadata()?.len();
+        self.store.commit(file, digest)?;
+        Ok(size)
+    }
+}
+
+impl Write for PrehashedIngest<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
 impl BlobStore for ContentStore {
+    /// A blob already present is not written again (a rebuild stores the
+    /// same config and manifest: no temporary file, no fsync).
+    fn write_bytes(&self, bytes: &[u8]) -> io::Result<Digest> {
+        let digest = Digest::of(bytes);
+        if self.contains(&digest) {
+            return Ok(digest);
+        }
+        let mut reader = bytes;
+        Ok(self.write(&mut reader, Some(&digest))?.0)
+    }
+
     fn open(&self, digest: &Digest) -> io::Result<File> {
         File::open(self.path(digest)).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {

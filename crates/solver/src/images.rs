@@ -107,8 +107,13 @@ impl ImageStore {
     fn update(&self, change: impl FnOnce(&mut Vec<ImageRecord>)) -> Result<(), ImageStoreError> {
         let _lock = self.lock(true)?;
         let mut records = self.read()?;
+        let before = records.clone();
         change(&mut records);
         records.sort_by(|a, b| a.name.cmp(&b.name));
+        if records == before {
+            // Naming an image what it is already called: nothing to write.
+            return Ok(());
+        }
         self.write(&records)
     }
 

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub use build::{BuildError, BuildOptions, BuiltImage, CachePolicy, Executor, build};
 pub use cache_io::{CacheExport, CacheImport, CacheIoError, CacheMode};
-pub use content::{ContentStore, Ingest};
+pub use content::{ContentStore, Ingest, PrehashedIngest};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};
 pub use mounts::{SecretSource, parse_ssh};
 

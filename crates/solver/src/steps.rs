@@ -144,7 +144,13 @@ impl Run<'_> {
                 Some(dir) => SourceDir::Owned(dir),
                 None => {
                     let layers = self.layers_of(copy.source)?;
-                    SourceDir::Owned(materialize(self.store, self.options, &layers, line)?)
+                    SourceDir::Owned(materialize_for(
+                        self.store,
+                        self.options,
+                        &layers,
+                        Some(&copy.sources),
+                        line,
+                    )?)
                 }
             },
         };
@@ -241,9 +247,29 @@ pub(crate) fn materialize(
     layers: &[Layer],
     line: usize,
 ) -> Result<ScratchDir, BuildError> {
+    materialize_for(store, options, layers, None, line)
+}
+
+/// Applies into a fresh scratch directory the layers of `layers` that can
+/// matter for files below `sources` (paths or patterns relative to the
+/// root); all of them when `sources` is None. A `COPY --from=build /out/
+/// ...` then unpacks the layers that touch `/out`, not the whole base
+/// image below it.
+pub(crate) fn materialize_for(
+    store: &ContentStore,
+    options: &BuildOptions,
+    layers: &[Layer],
+    sources: Option<&[String]>,
+    line: usize,
+) -> Result<ScratchDir, BuildError> {
     let dir =
         ScratchDir::new(&options.scratch).map_err(|source| BuildError::Source { line, source })?;
-    for layer in layers {
+    let wanted = match sources.and_then(literal_prefixes) {
+        Some(prefixes) => layers_for(store, layers, &prefixes)
+            .map_err(|source| BuildError::Source { line, source })?,
+        None => vec![true; layers.len()],
+    };
+    for (layer, _) in layers.iter().zip(wanted).filter(|(_, w)| *w) {
         let file = store
             .open(&layer.descriptor.digest)
             .map_err(|source| BuildError::Source { line, source })?;
@@ -253,6 +279,96 @@ pub(crate) fn materialize(
         })?;
     }
     Ok(dir)
+}
+
+/// The literal leading components of each source (up to the first one
+/// with a wildcard); None when one of them is the whole root.
+fn literal_prefixes(sources: &[String]) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for source in sources {
+        let clean = rbuild_oci::path::clean(&format!("/{source}"));
+        let literal: Vec<&str> = clean
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .take_while(|c| !c.contains(['*', '?', '[', '\\']))
+            .collect();
+        if literal.is_empty() {
+            return None;
+        }
+        out.push(literal.join("/"));
+    }
+    Some(out)
+}
+
+/// Which of `layers` can matter for paths below `prefixes`: those with an
+/// entry at, below or above (an ancestor of) one of them. If such an entry
+/// is a symlink or a hard link, the selection may lead anywhere, and every
+/// layer is taken.
+fn layers_for(
+    store: &ContentStore,
+    layers: &[Layer],
+    prefixes: &[String],
+) -> std::io::Result<Vec<bool>> {
+    let mut wanted = Vec::with_capacity(layers.len());
+    for layer in layers {
+        match layer_touch(store.open(&layer.descriptor.digest)?, prefixes)? {
+            Touch::No => wanted.push(false),
+            Touch::Yes => wanted.push(true),
+            Touch::Links => return Ok(vec![true; layers.len()]),
+        }
+    }
+    Ok(wanted)
+}
+
+enum Touch {
+    No,
+    Yes,
+    /// A link among the related entries.
+    Links,
+}
+
+fn layer_touch(layer: impl std::io::Read, prefixes: &[String]) -> std::io::Result<Touch> {
+    let mut archive = tar::Archive::new(rbuild_exec::basefs::decompress(
+        std::io::BufReader::with_capacity(1 << 20, layer),
+    )?);
+    let mut touch = Touch::No;
+    for entry in archive.entries()? {
+        let entry = entry?;
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() {
+            continue;
+        }
+        let raw = entry.path_bytes();
+        let path = rbuild_oci::path::clean(&format!("/{}", String::from_utf8_lossy(&raw)));
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+        // A whiteout names the path it removes (an opaque marker, the
+        // directory it empties).
+        let target = if name.starts_with(".wh..wh..opq") {
+            dir.to_string()
+        } else if let Some(removed) = name.strip_prefix(".wh.") {
+            format!("{dir}/{removed}")
+        } else {
+            path.clone()
+        };
+        let target = target.trim_start_matches('/');
+        if target.is_empty() {
+            continue; // the root directory's own entry
+        }
+        let related = prefixes.iter().any(|p| {
+            target == p
+                || target
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+                || p.strip_prefix(target).is_some_and(|r| r.starts_with('/'))
+        });
+        if related {
+            if kind.is_symlink() || kind.is_hard_link() {
+                return Ok(Touch::Links);
+            }
+            touch = Touch::Yes;
+        }
+    }
+    Ok(touch)
 }
 
 /// The base filesystem view, read from layer headers.
@@ -337,14 +453,16 @@ fn mkdir_entries(mkdir: &MkdirOp, fs: &BaseFs, mtime: u64) -> Result<Vec<Entry>,
 
 /// Writes a layer into the store; returns its descriptor and diff ID.
 fn write_layer(store: &ContentStore, entries: &[Entry]) -> std::io::Result<(Descriptor, Digest)> {
-    let mut writer = LayerWriter::new(store.ingest()?);
+    // Uncompressed, the blob is the tar stream: its digest is the diff ID
+    // the writer computes.
+    let mut writer = LayerWriter::new(store.ingest_prehashed()?);
     for entry in entries {
         writer.add(entry)?;
     }
     let (diff_id, _, ingest) = writer.finish()?;
-    let (digest, size) = ingest.commit(Some(&diff_id))?;
+    let size = ingest.commit(&diff_id)?;
     Ok((
-        Descriptor::new(media_type::OCI_LAYER, digest, size),
+        Descriptor::new(media_type::OCI_LAYER, diff_id, size),
         diff_id,
     ))
 }
