@@ -187,8 +187,9 @@ pub fn build(
         root.path().join("locks"),
         imports,
     ));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread drives the graph (its tasks only wait); the steps run on
+    // the blocking pool, as many at once as --jobs lets them.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .thread_name("rbuild-solver")
         .build()
         .map_err(|e| BuildError::Internal(format!("starting the scheduler: {e}")))?;

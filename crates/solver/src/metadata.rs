@@ -23,6 +23,9 @@ use crate::checksum::FileStamp;
 /// How long a writer waits for another process's transaction.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Bumped when [`SCHEMA`] changes (stored as SQLite's `user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cache (
     key       TEXT PRIMARY KEY,   -- cache key digest
@@ -137,7 +140,23 @@ impl Metadata {
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
+        // The WAL is checkpointed as it grows, not by every process on its
+        // way out (that was an fsync per build).
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .map_err(err)?;
+        // Creating the tables once: a no-op rebuild need not parse the
+        // schema again.
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        if version != SCHEMA_VERSION {
+            conn.execute_batch(SCHEMA).map_err(err)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(err)?;
+        }
         Ok(Metadata {
             path,
             conn: Mutex::new(conn),
