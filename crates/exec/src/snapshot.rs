@@ -482,40 +482,44 @@ fn unpack(
     };
 
     let (tx, rx) = sync_channel::<Vec<u8>>(16);
-    let (applied, whiteouts, actual) = std::thread::scope(|scope| {
+    let (applied, checked) = std::thread::scope(|scope| {
+        // The second thread parses the copy for whiteouts and hashes it
+        // for the diff ID check, off the extraction's critical path.
         let parser = scope.spawn(move || list_whiteouts(rx));
         let mut tee = Tee {
             inner: tar,
-            hasher: Hasher::new(),
             tx: Some(tx),
         };
         // Large reads through the tee: the tar reader asks for 512-byte
-        // headers, and each tee read is a hash update and a channel send
-        // (a thread wake-up) — per header, that dominated unpacking.
+        // headers, and each tee read is a channel send (a thread wake-up)
+        // — per header, that dominated unpacking.
         let applied = apply_layer(target, std::io::BufReader::with_capacity(1 << 20, &mut tee));
-        let actual = tee.hasher.clone().finish();
         // Closing the channel ends the parser.
+        let complete = tee.tx.is_some();
         drop(tee);
-        let whiteouts = parser
+        let checked = parser
             .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the whiteout parser panicked")));
-        (applied, whiteouts, actual)
+            .unwrap_or_else(|_| Err(io::Error::other("the whiteout parser panicked")))
+            .and_then(|c| match complete {
+                true => Ok(c),
+                false => Err(io::Error::other("the layer check stopped early")),
+            });
+        (applied, checked)
     });
     applied?;
+    let (whiteouts, actual) = checked.map_err(|source| ApplyError::Tar { source })?;
     if actual != *diff_id {
         return Err(SnapshotError::DiffIdMismatch {
             expected: *diff_id,
             actual,
         });
     }
-    let whiteouts = whiteouts.map_err(|source| ApplyError::Tar { source })?;
     make_overlay_whiteouts(target, &whiteouts)
 }
 
 /// Passes a stream through, hashing it and sending a copy to a channel.
 struct Tee<R> {
     inner: R,
-    hasher: Hasher,
     tx: Option<SyncSender<Vec<u8>>>,
 }
 
@@ -523,7 +527,6 @@ impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         let chunk = buf.get(..n).unwrap_or_default();
-        self.hasher.update(chunk);
         if n > 0
             && let Some(tx) = &self.tx
             && tx.send(chunk.to_vec()).is_err()
@@ -540,6 +543,8 @@ struct ChannelReader {
     rx: Receiver<Vec<u8>>,
     chunk: Vec<u8>,
     pos: usize,
+    /// Every byte received, for the diff ID.
+    hasher: Hasher,
 }
 
 impl Read for ChannelReader {
@@ -547,6 +552,7 @@ impl Read for ChannelReader {
         while self.pos >= self.chunk.len() {
             match self.rx.recv() {
                 Ok(c) => {
+                    self.hasher.update(&c);
                     self.chunk = c;
                     self.pos = 0;
                 }
@@ -563,13 +569,14 @@ impl Read for ChannelReader {
 
 /// Lists the whiteout members of the tar coming through `rx`, in order.
 /// Always reads the channel to its end, so the sender never blocks.
-fn list_whiteouts(rx: Receiver<Vec<u8>>) -> io::Result<Vec<Whiteout>> {
+fn list_whiteouts(rx: Receiver<Vec<u8>>) -> io::Result<(Vec<Whiteout>, Digest)> {
     let mut reader = ChannelReader {
         rx,
         chunk: Vec::new(),
         pos: 0,
+        hasher: Hasher::new(),
     };
-    let result = (|| {
+    let result: io::Result<Vec<Whiteout>> = (|| {
         let mut out = Vec::new();
         let mut archive = tar::Archive::new(&mut reader);
         for entry in archive.entries()? {
@@ -602,7 +609,7 @@ fn list_whiteouts(rx: Receiver<Vec<u8>>) -> io::Result<Vec<Whiteout>> {
         Ok(out)
     })();
     io::copy(&mut reader, &mut io::sink())?;
-    result
+    Ok((result?, reader.hasher.finish()))
 }
 
 /// Turns the layer's whiteouts into overlayfs' form inside `root`: char
