@@ -271,7 +271,7 @@ fn ago(now: SystemTime, then: SystemTime) -> String {
 }
 
 /// Decimal sizes with three significant digits, like docker (`1.99MB`).
-fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB", "PB"];
     let mut size = bytes as f64;
     let mut unit = 0;

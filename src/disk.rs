@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::commands::human_size;
 use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use rbuild_solver::Root;
@@ -247,35 +248,6 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
         s += &line(row.each_ref().map(String::as_str));
     }
     s
-}
-
-/// Decimal sizes with three significant digits, like docker (`1.99MB`),
-/// as `rbuild images` shows them.
-fn human_size(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
-    let mut size = bytes as f64;
-    let mut unit = 0;
-    while size >= 1000.0 && unit < units.len() - 1 {
-        size /= 1000.0;
-        unit += 1;
-    }
-    let digits = if size >= 100.0 {
-        0
-    } else if size >= 10.0 {
-        1
-    } else {
-        2
-    };
-    let rounded = format!("{size:.digits$}");
-    let trimmed = if rounded.contains('.') {
-        rounded
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-    } else {
-        rounded
-    };
-    format!("{trimmed}{}", units[unit])
 }
 
 /// docker's "2 minutes ago", as `rbuild images` shows times.

@@ -66,8 +66,7 @@ use crate::{ImageStoreError, Root};
 
 /// The lock builds share and garbage collection takes exclusively.
 const GC_LOCK: &str = "gc.lock";
-/// How long a writer waits for another process's transaction.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
 const SIZE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS gc_snapshot_sizes (
     layer    TEXT PRIMARY KEY,    -- the snapshot directory's name (diff ID hex)
@@ -767,12 +766,7 @@ impl SizeCache {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
+        let conn = crate::metadata::connect(&path).map_err(err)?;
         conn.execute_batch(SIZE_SCHEMA).map_err(err)?;
         Ok(SizeCache { path, conn })
     }

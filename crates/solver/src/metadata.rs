@@ -116,6 +116,20 @@ impl std::fmt::Debug for Metadata {
     }
 }
 
+/// A connection to a root's metadata database, set up as every user of
+/// it must: WAL lets readers and one writer work at once across
+/// processes; NORMAL syncing keeps the database consistent after a crash
+/// of the process (the case we must survive), losing at most the last
+/// commits on power loss, which only costs cache hits; writers wait for
+/// each other.
+pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -130,16 +144,7 @@ impl Metadata {
             path: path.clone(),
             source,
         };
-        let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
-        // WAL lets readers and one writer work at once across processes;
-        // NORMAL syncing keeps the database consistent after a crash of the
-        // process (the case we must survive), losing at most the last
-        // commits on power loss, which only costs cache hits.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
+        let conn = connect(&path).map_err(err)?;
         // The WAL is checkpointed as it grows, not by every process on its
         // way out (that was an fsync per build).
         conn.set_db_config(

@@ -198,20 +198,22 @@ pub(crate) fn context_matcher(
     patterns: &[String],
     line: usize,
 ) -> Result<Option<PatternMatcher>, BuildError> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    PatternMatcher::new(patterns)
-        .map(Some)
-        .map_err(|e| BuildError::Source {
-            line,
-            source: std::io::Error::other(format!(".dockerignore: {e}")),
-        })
+    matcher(patterns, ".dockerignore", line)
 }
 
 /// A copy's `--exclude` matcher.
 pub(crate) fn copy_exclude_matcher(
     patterns: &[String],
+    line: usize,
+) -> Result<Option<PatternMatcher>, BuildError> {
+    matcher(patterns, "--exclude", line)
+}
+
+/// A matcher for `patterns` (None when there are none); errors name where
+/// the patterns came from.
+fn matcher(
+    patterns: &[String],
+    what: &str,
     line: usize,
 ) -> Result<Option<PatternMatcher>, BuildError> {
     if patterns.is_empty() {
@@ -221,7 +223,7 @@ pub(crate) fn copy_exclude_matcher(
         .map(Some)
         .map_err(|e| BuildError::Source {
             line,
-            source: std::io::Error::other(format!("--exclude: {e}")),
+            source: std::io::Error::other(format!("{what}: {e}")),
         })
 }
 
