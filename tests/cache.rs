@@ -47,6 +47,13 @@ fn counted(tag: &str) -> String {
     )
 }
 
+/// Builds `ctx` with `args`, asserting success; returns the progress log.
+fn build_log(env: &Env, ctx: &str, args: &[&str]) -> String {
+    let out = env.rbuild().args(args).arg(ctx).output().unwrap();
+    assert_success(&out, &format!("rbuild {}", args.join(" ")));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn build_id(env: &Env, ctx: &Path, extra: &[&str]) -> String {
     let iid = env.path("iid");
     let mut args = vec!["--iidfile", iid.to_str().unwrap()];
@@ -164,19 +171,11 @@ fn build_args_count_only_where_used_and_misses_are_explained() {
     env.ok(&[ctx_s]);
     env.ok(&["--build-arg", "V=1", ctx_s]);
     assert_eq!((runs(&env, "before_arg"), runs(&env, "uses_v")), (1, 1));
-    let out = env
-        .rbuild()
-        .args([
-            "--progress=plain",
-            "--explain-cache",
-            "--build-arg",
-            "V=2",
-            ctx_s,
-        ])
-        .output()
-        .unwrap();
-    assert_success(&out, "build with V=2");
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = build_log(
+        &env,
+        ctx_s,
+        &["--progress=plain", "--explain-cache", "--build-arg", "V=2"],
+    );
     assert_eq!((runs(&env, "before_arg"), runs(&env, "uses_v")), (1, 2));
     assert!(log.contains("CACHE MISS: variable V changed"), "{log}");
     assert!(
@@ -185,27 +184,15 @@ fn build_args_count_only_where_used_and_misses_are_explained() {
     );
     assert!(log.contains("#2 CACHED"), "{log}");
     std::fs::write(ctx.join("f"), "f2\n").unwrap();
-    let out = env
-        .rbuild()
-        .args([
-            "--progress=plain",
-            "--explain-cache",
-            "--build-arg",
-            "V=2",
-            ctx_s,
-        ])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = build_log(
+        &env,
+        ctx_s,
+        &["--progress=plain", "--explain-cache", "--build-arg", "V=2"],
+    );
     assert!(log.contains("CACHE MISS: file f changed"), "{log}");
     // rawjson carries the reason on the vertex.
     std::fs::write(ctx.join("f"), "f3\n").unwrap();
-    let out = env
-        .rbuild()
-        .args(["--progress=rawjson", "--build-arg", "V=2", ctx_s])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = build_log(&env, ctx_s, &["--progress=rawjson", "--build-arg", "V=2"]);
     let misses: Vec<serde_json::Value> = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
