@@ -62,6 +62,11 @@ pub enum MetadataError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("locking {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("build cache database {path}: bad record for {key}: {message}")]
     Corrupt {
         path: PathBuf,
@@ -144,6 +149,21 @@ impl Metadata {
             path: path.clone(),
             source,
         };
+        // Setting up a new database (switching it to WAL, creating the
+        // tables) escalates locks in ways SQLite refuses at once, without
+        // waiting, when another process does the same: one process at a
+        // time. The lock is released when `guard` is dropped.
+        let lock_path = root.join("metadata.lock");
+        let guard = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .and_then(|f| f.lock().map(|()| f))
+            .map_err(|source| MetadataError::Lock {
+                path: lock_path.clone(),
+                source,
+            })?;
         let conn = connect(&path).map_err(err)?;
         // The WAL is checkpointed as it grows, not by every process on its
         // way out (that was an fsync per build).
@@ -162,6 +182,7 @@ impl Metadata {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(err)?;
         }
+        drop(guard);
         Ok(Metadata {
             path,
             conn: Mutex::new(conn),
@@ -440,5 +461,50 @@ impl Metadata {
             )
             .map(drop)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u8) -> CacheRecord {
+        CacheRecord {
+            layers: vec![CachedLayer {
+                descriptor: Descriptor::new(rbuild_oci::media_type::OCI_LAYER, Digest::of(&[n]), 1),
+                diff_id: Digest::of(&[n]),
+                created: None,
+            }],
+            size: 1,
+        }
+    }
+
+    #[test]
+    fn many_openers_of_a_new_database_all_succeed() {
+        // Each connection is its own SQLite client, as separate processes
+        // are: setting up a new database must not fail any of them.
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let handles: Vec<_> = (0..6u8)
+                .map(|n| {
+                    let root = dir.path().to_path_buf();
+                    std::thread::spawn(move || -> Result<(), MetadataError> {
+                        let meta = Metadata::open(&root)?;
+                        let key = Digest::of(&[n, 1]);
+                        meta.put(&key, &record(n))?;
+                        meta.touch(&[key])?;
+                        assert_eq!(meta.get(&key)?, Some(record(n)));
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+            assert_eq!(
+                Metadata::open(dir.path()).unwrap().entries().unwrap().len(),
+                6
+            );
+        }
     }
 }
