@@ -766,6 +766,10 @@ impl SizeCache {
             path: path.clone(),
             source,
         };
+        // The metadata database is set up (WAL, its tables) first, under
+        // its setup lock; after that, adding this table waits like any
+        // other writer.
+        root.metadata()?;
         let conn = crate::metadata::connect(&path).map_err(err)?;
         conn.execute_batch(SIZE_SCHEMA).map_err(err)?;
         Ok(SizeCache { path, conn })
