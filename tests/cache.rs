@@ -84,9 +84,20 @@ fn unchanged_rebuild_runs_nothing_and_gives_the_same_image() {
     let second = build_id(&env, &ctx, &[]);
     assert_eq!(first, second, "an unchanged rebuild gives the same image");
     assert_eq!((runs(&env, "one"), runs(&env, "two")), (1, 1));
+    // --network=none makes RUN steps that do not choose a network other
+    // steps (they run without one), as with BuildKit; the COPY stays.
+    build_id(&env, &ctx, &["--network", "none"]);
+    assert_eq!((runs(&env, "one"), runs(&env, "two")), (2, 2));
+    build_id(&env, &ctx, &["--network", "none"]);
+    assert_eq!((runs(&env, "one"), runs(&env, "two")), (2, 2));
+    let second = build_id(&env, &ctx, &[]);
+    assert_eq!(
+        first, second,
+        "the default network's results are still cached"
+    );
     // --no-cache runs everything again, and the image changes.
     let third = build_id(&env, &ctx, &["--no-cache"]);
-    assert_eq!((runs(&env, "one"), runs(&env, "two")), (2, 2));
+    assert_eq!((runs(&env, "one"), runs(&env, "two")), (3, 3));
     assert_ne!(second, third);
 }
 

@@ -82,7 +82,18 @@ pub(crate) fn step_key(
         }
         Op::Exec(exec) => {
             facts["env"] = json!(exec.env);
-            exec_content(shared, exec, line, &mut facts)?
+            let mut content = exec_content(shared, exec, line, &mut facts)?;
+            // `--network=none` on the command line decides what a step
+            // without its own RUN --network gets: a different step.
+            let isolated = shared
+                .options
+                .executor
+                .as_ref()
+                .is_some_and(|e| e.isolate_network);
+            if exec.network == "default" && isolated {
+                content = json!({ "mounts": content, "network": "none" });
+            }
+            content
         }
         _ => Value::Null,
     };
