@@ -250,7 +250,7 @@ pub fn inspect(root: &Root, images: &[String]) -> Result<()> {
 }
 
 /// Human-readable age, as docker prints it.
-fn ago(now: SystemTime, then: SystemTime) -> String {
+pub(crate) fn ago(now: SystemTime, then: SystemTime) -> String {
     let secs = now.duration_since(then).map(|d| d.as_secs()).unwrap_or(0);
     let (n, unit) = match secs {
         0 => return "Less than a second ago".into(),

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::commands::human_size;
+use crate::commands::{ago, human_size};
 use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use rbuild_solver::Root;
@@ -248,27 +248,6 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
         s += &line(row.each_ref().map(String::as_str));
     }
     s
-}
-
-/// docker's "2 minutes ago", as `rbuild images` shows times.
-fn ago(now: SystemTime, then: SystemTime) -> String {
-    let secs = now.duration_since(then).map(|d| d.as_secs()).unwrap_or(0);
-    let (n, unit) = match secs {
-        0 => return "Less than a second ago".into(),
-        s if s < 60 => (s, "second"),
-        s if s < 3600 => (s / 60, "minute"),
-        s if s < 86_400 => (s / 3600, "hour"),
-        s if s < 86_400 * 14 => (s / 86_400, "day"),
-        s if s < 86_400 * 60 => (s / (86_400 * 7), "week"),
-        s if s < 86_400 * 365 * 2 => (s / (86_400 * 30), "month"),
-        s => (s / (86_400 * 365), "year"),
-    };
-    if n == 1 {
-        let article = if unit == "hour" { "An" } else { "A" };
-        format!("{article} {unit} ago")
-    } else {
-        format!("{n} {unit}s ago")
-    }
 }
 
 #[cfg(test)]

@@ -139,6 +139,20 @@ impl Snapshots {
         Ok(s)
     }
 
+    /// Takes the exclusive lock `locks/NAME`, waiting for its holder; held
+    /// until the returned file is closed.
+    fn lock(&self, name: &str) -> Result<File, SnapshotError> {
+        let path = self.locks.join(name);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_at("open lock", &path))?;
+        lock_exclusive(&lock).map_err(io_at("lock", &path))?;
+        Ok(lock)
+    }
+
     /// Drops the unpacked layers of an earlier boot (they may have lost
     /// unflushed files in a crash) and records this boot as theirs.
     fn scope_to_boot(&self, root: &Path, boot: &str) -> Result<(), SnapshotError> {
@@ -146,14 +160,7 @@ impl Snapshots {
         if fs::read_to_string(&record).is_ok_and(|r| r.trim() == boot) {
             return Ok(());
         }
-        let lock_path = self.locks.join("boot.lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_at("open lock", &lock_path))?;
-        lock_exclusive(&lock).map_err(io_at("lock", &lock_path))?;
+        let _lock = self.lock("boot.lock")?;
         // Another process may have done it while we waited.
         if fs::read_to_string(&record).is_ok_and(|r| r.trim() == boot) {
             return Ok(());
@@ -192,14 +199,7 @@ impl Snapshots {
             return Ok(dest);
         }
         // One unpacker per layer at a time; the others find it done.
-        let lock_path = self.locks.join(format!("{hex}.lock"));
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_at("open lock", &lock_path))?;
-        lock_exclusive(&lock).map_err(io_at("lock", &lock_path))?;
+        let _lock = self.lock(&format!("{hex}.lock"))?;
         if is_dir(&dest)? {
             return Ok(dest);
         }
