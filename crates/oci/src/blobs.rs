@@ -1,7 +1,7 @@
 //! Where blobs live, as seen by code that reads or writes images.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
 use crate::Digest;
 
@@ -19,6 +19,10 @@ pub trait BlobStore: Sync {
     /// is stored and the error's kind is `InvalidData`.
     fn write(&self, reader: &mut dyn Read, expected: Option<&Digest>) -> io::Result<(Digest, u64)>;
 
+    /// Starts writing a blob piece by piece, for writers that arrive in
+    /// parts (a download that may resume after a dropped connection).
+    fn begin(&self) -> io::Result<Box<dyn BlobWriter + '_>>;
+
     /// Reads a whole (small) blob, such as a manifest or config.
     fn read_all(&self, digest: &Digest) -> io::Result<Vec<u8>> {
         let mut bytes = Vec::new();
@@ -31,4 +35,15 @@ pub trait BlobStore: Sync {
         let mut reader = bytes;
         Ok(self.write(&mut reader, None)?.0)
     }
+}
+
+/// A blob being written in parts, hashed as it is written. Dropping it
+/// without [`BlobWriter::commit`] stores nothing.
+pub trait BlobWriter: Write + Send {
+    /// How many bytes were written so far.
+    fn written(&self) -> u64;
+
+    /// Stores the blob if its content has digest `expected`; otherwise
+    /// stores nothing and fails with kind `InvalidData`.
+    fn commit(self: Box<Self>, expected: &Digest) -> io::Result<u64>;
 }

@@ -160,6 +160,15 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
+    /// How many bytes were written so far.
+    pub fn len(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hasher.is_empty()
+    }
+
     /// The digest and size of what was written, and the inner writer.
     pub fn finish(self) -> (Digest, u64, W) {
         let size = self.hasher.len();

@@ -13,11 +13,11 @@ mod platform;
 mod reference;
 pub mod time;
 
-pub use blobs::BlobStore;
+pub use blobs::{BlobStore, BlobWriter};
 pub use digest::{Digest, DigestError, Hasher, HashingWriter};
 pub use image::{
     Descriptor, HealthConfig, History, ImageConfig, Index, Manifest, RootFs, RuntimeConfig,
     annotation, media_type,
 };
 pub use platform::Platform;
-pub use reference::{Reference, ReferenceError};
+pub use reference::{DEFAULT_DOMAIN, Reference, ReferenceError};

@@ -16,7 +16,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use rbuild_oci::{BlobStore, Digest, HashingWriter};
+use rbuild_oci::{BlobStore, BlobWriter, Digest, HashingWriter};
 use tempfile::NamedTempFile;
 
 #[derive(Debug, Clone)]
@@ -124,6 +124,16 @@ impl Ingest<'_> {
     }
 }
 
+impl BlobWriter for Ingest<'_> {
+    fn written(&self) -> u64 {
+        self.writer.len()
+    }
+
+    fn commit(self: Box<Self>, expected: &Digest) -> io::Result<u64> {
+        Ok(Ingest::commit(*self, Some(expected))?.1)
+    }
+}
+
 impl Write for Ingest<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.writer.write(buf)
@@ -171,6 +181,10 @@ impl BlobStore for ContentStore {
         }
         let mut reader = bytes;
         Ok(self.write(&mut reader, Some(&digest))?.0)
+    }
+
+    fn begin(&self) -> io::Result<Box<dyn BlobWriter + '_>> {
+        Ok(Box::new(self.ingest()?))
     }
 
     fn open(&self, digest: &Digest) -> io::Result<File> {
