@@ -11,6 +11,7 @@ mod image;
 mod import;
 mod layout;
 mod rootfs;
+pub mod registry;
 
 pub use archive::Target;
 pub use error::ExportError;
