@@ -1,6 +1,6 @@
 //! `rbuild build`: read the Dockerfile, compile, build, export.
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use rbuild_export::{
     ImageRef, Target, load_image, write_docker_archive, write_oci_layout, write_rootfs_dir,
     write_rootfs_tar,
@@ -10,10 +10,11 @@ use rbuild_solver::{BuildOptions, BuiltImage, CachePolicy, Executor, ImageRecord
 use serde_json::json;
 
 use crate::cli::BuildArgs;
+use crate::config::Config;
 use crate::output::{Dest, Output};
 use crate::prepare::{Bases, prepare, report};
 
-pub fn run(root: &Root, args: BuildArgs, gc: &rbuild_solver::gc::Policy) -> Result<()> {
+pub fn run(root: &Root, args: BuildArgs, config: &Config) -> Result<()> {
     if args.check {
         return crate::check::run(root, &args);
     }
@@ -23,14 +24,33 @@ pub fn run(root: &Root, args: BuildArgs, gc: &rbuild_solver::gc::Policy) -> Resu
         .iter()
         .map(|t| Reference::parse(t).map_err(|e| anyhow!("invalid tag {t:?}: {e}")))
         .collect::<Result<_>>()?;
-    let outputs: Vec<Output> = if args.outputs.is_empty() {
-        vec![Output::Image { names: Vec::new() }]
-    } else {
-        args.outputs
-            .iter()
-            .map(|o| Output::parse(o))
-            .collect::<Result<_>>()?
-    };
+    let mut outputs: Vec<Output> = args
+        .outputs
+        .iter()
+        .map(|o| Output::parse(o))
+        .collect::<Result<_>>()?;
+    // --push is --output type=registry: it pushes the image output.
+    let has_image = outputs.iter().any(|o| matches!(o, Output::Image { .. }));
+    if has_image {
+        for output in &mut outputs {
+            if let Output::Image { push, .. } = output {
+                *push |= args.push;
+            }
+        }
+    } else if args.push || outputs.is_empty() {
+        outputs.push(Output::Image {
+            names: Vec::new(),
+            push: args.push,
+        });
+    }
+    for output in &outputs {
+        if let Output::Image { names, push: true } = output
+            && names.is_empty()
+            && tags.is_empty()
+        {
+            bail!("pushing needs an image name: give -t NAME (or name= in --output)");
+        }
+    }
     let mut secrets = std::collections::HashMap::new();
     for spec in &args.secrets {
         let (id, source) = rbuild_solver::SecretSource::parse(spec).map_err(|e| anyhow!(e))?;
@@ -41,7 +61,10 @@ pub fn run(root: &Root, args: BuildArgs, gc: &rbuild_solver::gc::Policy) -> Resu
         let (id, socket) = rbuild_solver::parse_ssh(spec).map_err(|e| anyhow!(e))?;
         ssh.insert(id, socket);
     }
-    let prepared = prepare(root, &args, Bases::Required)?;
+    // Held until the image is named: until then its blobs (pulled bases
+    // included) are unreferenced and a concurrent prune must not take them.
+    let guard = rbuild_solver::gc::build_guard(root).context("locking the root")?;
+    let prepared = prepare(root, &args, Bases::Pull(config))?;
     let (dockerfile_name, plan) = (&prepared.dockerfile_name, &prepared.plan);
     // Warnings go to stderr even with -q, which keeps stdout for the ID.
     report(&prepared)?;
@@ -58,9 +81,6 @@ pub fn run(root: &Root, args: BuildArgs, gc: &rbuild_solver::gc::Policy) -> Resu
         true => crate::progress::Mode::Quiet,
         false => args.progress,
     };
-    // Held until the image is named: until then its blobs are unreferenced
-    // and a concurrent prune must not take them.
-    let guard = rbuild_solver::gc::build_guard(root).context("locking the root")?;
     let progress = crate::progress::Progress::new(mode, args.explain_cache);
     let init =
         std::env::current_exe().context("finding the rbuild executable for RUN containers")?;
@@ -121,7 +141,7 @@ pub fn run(root: &Root, args: BuildArgs, gc: &rbuild_solver::gc::Policy) -> Resu
     };
 
     for output in &outputs {
-        export(root, &built, &tags, output, &progress)?;
+        export(root, &built, &tags, output, &progress, config)?;
     }
     progress.message(&format!("writing image {} done", built.config_digest));
     progress.finish(false);
@@ -149,7 +169,7 @@ pub fn run(root: &Root, args: BuildArgs, gc: &rbuild_solver::gc::Policy) -> Resu
     }
     // The cap applies once this image is named; another build still
     // running skips it and the last one to finish applies it.
-    if let Err(e) = guard.finish(root, gc) {
+    if let Err(e) = guard.finish(root, &config.gc) {
         eprintln!("warning: build cache garbage collection: {e}");
     }
     Ok(())
@@ -161,6 +181,7 @@ fn export(
     tags: &[Reference],
     output: &Output,
     progress: &crate::progress::Progress,
+    config: &Config,
 ) -> Result<()> {
     let with_names = |extra: &[String]| -> Result<Vec<Reference>> {
         let mut names = tags.to_vec();
@@ -177,7 +198,7 @@ fn export(
         Dest::Stdout => Target::Stdout,
     };
     match output {
-        Output::Image { names } => {
+        Output::Image { names, push } => {
             let names = with_names(names)?;
             let size = image(Vec::new())?
                 .manifest
@@ -185,7 +206,7 @@ fn export(
                 .iter()
                 .map(|l| l.size)
                 .sum();
-            for name in names {
+            for name in &names {
                 root.images.put(ImageRecord {
                     name: name.clone(),
                     manifest: built.manifest.clone(),
@@ -194,6 +215,24 @@ fn export(
                     size,
                 })?;
                 progress.message(&format!("naming to {name} done"));
+            }
+            if *push {
+                let registry = crate::registry::client(config)?;
+                let report = crate::registry::push(root, &registry, &built.manifest, &names)
+                    .with_context(|| {
+                        format!(
+                            "pushing {}",
+                            names
+                                .iter()
+                                .map(|n| n.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    })?;
+                for (name, digest, _) in &report.pushed {
+                    progress.message(&format!("pushing {name} done: {digest}"));
+                }
+                progress.message(&crate::registry::summary(&report));
             }
         }
         Output::Docker { dest, names } => {

@@ -69,6 +69,38 @@ pub enum Command {
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<String>,
     },
+    /// Pull an image from a registry
+    Pull {
+        #[arg(value_name = "IMAGE")]
+        image: String,
+        /// Print only the image name
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Push images to their registry
+    Push {
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+    /// Log in to a registry (credentials go to docker's config.json)
+    Login {
+        /// Registry (default: docker.io)
+        #[arg(value_name = "SERVER")]
+        server: Option<String>,
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Password (prefer --password-stdin)
+        #[arg(short, long)]
+        password: Option<String>,
+        /// Read the password from standard input
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Log out from a registry
+    Logout {
+        #[arg(value_name = "SERVER")]
+        server: Option<String>,
+    },
     /// Show the build cache's disk usage
     Du(crate::disk::DuArgs),
     /// Remove build cache
@@ -128,6 +160,12 @@ pub struct BuildArgs {
     /// Do not use cache when building the image
     #[arg(long)]
     pub no_cache: bool,
+    /// Always pull base images, even those in the store
+    #[arg(long)]
+    pub pull: bool,
+    /// Push the image to its registry (as --output type=registry)
+    #[arg(long)]
+    pub push: bool,
     /// Do not use cache for these stages (names or indexes; repeatable, comma-separated)
     #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
     pub no_cache_filter: Vec<String>,
@@ -146,7 +184,7 @@ pub struct BuildArgs {
     /// Steps to run at the same time (default: the number of CPUs)
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
-    /// Output destination (type=docker|oci|local|tar|image,dest=...)
+    /// Output destination (type=docker|oci|local|tar|image|registry,dest=...)
     #[arg(short, long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
     /// Write the image ID to the file
@@ -174,7 +212,7 @@ pub struct BuildArgs {
 
 const SUBCOMMANDS: &[&str] = &[
     "build", "check", "debug", "images", "rmi", "tag", "save", "load", "inspect", "du", "prune",
-    "help",
+    "pull", "push", "login", "logout", "help",
 ];
 
 /// Inserts `build` when the first word that is not a global option is not

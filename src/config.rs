@@ -6,13 +6,31 @@
 //! keep-duration = "48h"     # drop cache unused for longer (30m, 48h, 7d)
 //! ```
 //!
-//! Other sections are only checked to be valid TOML for now (later
-//! features add theirs), so a typo is caught the first time the file is
-//! used; unknown keys in `[gc]` are errors.
+//! Registries, as in buildkitd.toml (a mirror's own section sets its
+//! `http`, `insecure` and `ca`):
+//!
+//! ```toml
+//! [registry."docker.io"]
+//! mirrors = ["127.0.0.1:5000"]
+//! [registry."registry.internal:5443"]
+//! ca = ["/etc/ssl/internal-ca.pem"]   # extra CA certificates (PEM)
+//! insecure = false                     # true: accept any certificate
+//! http = false                         # true: plain HTTP (default for loopback)
+//!
+//! [transfer]
+//! retry-time = "2m"   # how long a failing request is retried
+//! timeout = "30s"     # connect, and wait for the next bytes of an answer
+//! parallel = 4        # blobs transferred at once
+//! ```
+//!
+//! Other sections are only checked to be valid TOML, so a typo is caught
+//! the first time the file is used; unknown keys in the known sections are
+//! errors.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use rbuild_export::registry::{HostConfig, NetworkOptions, RegistryHosts};
 use rbuild_solver::gc::{Policy, parse_duration, parse_size};
 
 #[derive(Debug, Default)]
@@ -21,6 +39,10 @@ pub struct Config {
     pub table: toml::Table,
     /// The `[gc]` table: garbage collection applied after builds.
     pub gc: Policy,
+    /// The `[registry."NAME"]` tables.
+    pub registry_hosts: RegistryHosts,
+    /// The `[transfer]` table.
+    pub network: NetworkOptions,
 }
 
 impl Config {
@@ -38,7 +60,14 @@ impl Config {
             .parse()
             .with_context(|| format!("config {} is not valid TOML", path.display()))?;
         let gc = gc_table(&table, path)?;
-        Ok(Config { table, gc })
+        let registry_hosts = registry_tables(&table, path)?;
+        let network = transfer_table(&table, path)?;
+        Ok(Config {
+            table,
+            gc,
+            registry_hosts,
+            network,
+        })
     }
 }
 
@@ -91,6 +120,118 @@ fn gc_table(table: &toml::Table, path: &Path) -> Result<Policy> {
     })
 }
 
+const REGISTRY_KEYS: &[&str] = &["mirrors", "http", "insecure", "ca"];
+
+fn registry_tables(table: &toml::Table, path: &Path) -> Result<RegistryHosts> {
+    let file = path.display();
+    let mut hosts = RegistryHosts::new();
+    let Some(registries) = table.get("registry") else {
+        return Ok(hosts);
+    };
+    let Some(registries) = registries.as_table() else {
+        bail!("config {file}: registry must be a table of registries ([registry.\"docker.io\"])");
+    };
+    for (name, section) in registries {
+        let Some(section) = section.as_table() else {
+            bail!("config {file}: registry.{name:?} must be a table");
+        };
+        if let Some(unknown) = section
+            .keys()
+            .find(|k| !REGISTRY_KEYS.contains(&k.as_str()))
+        {
+            bail!(
+                "config {file}: registry.{name:?}.{unknown}: unknown key (known: {})",
+                REGISTRY_KEYS.join(", ")
+            );
+        }
+        let strings = |key: &str| -> Result<Vec<String>> {
+            match section.get(key) {
+                None => Ok(Vec::new()),
+                Some(toml::Value::Array(items)) => items
+                    .iter()
+                    .map(|i| match i {
+                        toml::Value::String(s) if !s.is_empty() => Ok(s.clone()),
+                        other => bail!(
+                            "config {file}: registry.{name:?}.{key}: expected strings, found {other}"
+                        ),
+                    })
+                    .collect(),
+                Some(other) => bail!(
+                    "config {file}: registry.{name:?}.{key}: expected a list of strings, found {other}"
+                ),
+            }
+        };
+        let flag = |key: &str| -> Result<Option<bool>> {
+            match section.get(key) {
+                None => Ok(None),
+                Some(toml::Value::Boolean(b)) => Ok(Some(*b)),
+                Some(other) => {
+                    bail!(
+                        "config {file}: registry.{name:?}.{key}: expected true or false, found {other}"
+                    )
+                }
+            }
+        };
+        hosts.insert(
+            name,
+            HostConfig {
+                mirrors: strings("mirrors")?,
+                http: flag("http")?,
+                insecure: flag("insecure")?.unwrap_or(false),
+                ca: strings("ca")?.into_iter().map(Into::into).collect(),
+            },
+        );
+    }
+    Ok(hosts)
+}
+
+const TRANSFER_KEYS: &[&str] = &["retry-time", "timeout", "parallel"];
+
+fn transfer_table(table: &toml::Table, path: &Path) -> Result<NetworkOptions> {
+    let file = path.display();
+    let mut options = NetworkOptions::default();
+    let Some(transfer) = table.get("transfer") else {
+        return Ok(options);
+    };
+    let Some(transfer) = transfer.as_table() else {
+        bail!("config {file}: transfer must be a table ([transfer])");
+    };
+    if let Some(unknown) = transfer
+        .keys()
+        .find(|k| !TRANSFER_KEYS.contains(&k.as_str()))
+    {
+        bail!(
+            "config {file}: transfer.{unknown}: unknown key (known: {})",
+            TRANSFER_KEYS.join(", ")
+        );
+    }
+    let duration = |key: &str| -> Result<Option<std::time::Duration>> {
+        match transfer.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => {
+                Ok(Some(parse_duration(s).map_err(|e| {
+                    anyhow::anyhow!("config {file}: transfer.{key}: {e}")
+                })?))
+            }
+            Some(other) => bail!(
+                "config {file}: transfer.{key}: expected a duration such as \"30s\", not {other}"
+            ),
+        }
+    };
+    if let Some(d) = duration("retry-time")? {
+        options.retry_time = d;
+    }
+    if let Some(d) = duration("timeout")? {
+        options.timeout = d;
+    }
+    match transfer.get("parallel") {
+        None => {}
+        Some(toml::Value::Integer(n)) if (1..=64).contains(n) => options.parallel = *n as usize,
+        Some(other) => bail!("config {file}: transfer.parallel: expected 1 to 64, not {other}"),
+    }
+    Ok(options)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +260,31 @@ mod tests {
         assert_eq!(c.gc.keep_duration, Some(Duration::from_secs(7 * 86_400)));
         assert!(parse("").unwrap().gc.is_empty());
         assert!(parse("[other]\nx = 1\n").unwrap().gc.is_empty());
+    }
+
+    #[test]
+    fn registry_and_transfer_tables() {
+        let c = parse(
+            "[registry.\"docker.io\"]\nmirrors = [\"127.0.0.1:5000\"]\n\
+             [registry.\"r.example:5443\"]\nca = [\"/ca.pem\"]\ninsecure = true\nhttp = false\n\
+             [transfer]\nretry-time = \"10s\"\ntimeout = \"2s\"\nparallel = 2\n",
+        )
+        .unwrap();
+        let hub = c.registry_hosts.get("docker.io").unwrap();
+        assert_eq!(hub.mirrors, ["127.0.0.1:5000"]);
+        let r = c.registry_hosts.get("r.example:5443").unwrap();
+        assert_eq!(r.ca, [std::path::PathBuf::from("/ca.pem")]);
+        assert!(r.insecure);
+        assert_eq!(r.http, Some(false));
+        assert_eq!(c.network.retry_time, Duration::from_secs(10));
+        assert_eq!(c.network.timeout, Duration::from_secs(2));
+        assert_eq!(c.network.parallel, 2);
+        let e = err("[registry.\"docker.io\"]\nmirror = [\"x\"]\n");
+        assert!(e.contains("mirror: unknown key"), "{e}");
+        let e = err("[registry.\"docker.io\"]\nmirrors = \"x\"\n");
+        assert!(e.contains("expected a list of strings"), "{e}");
+        let e = err("[transfer]\nparallel = 0\n");
+        assert!(e.contains("transfer.parallel"), "{e}");
     }
 
     #[test]

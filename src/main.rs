@@ -10,6 +10,7 @@ mod disk;
 mod output;
 mod prepare;
 mod progress;
+mod registry;
 mod resolver;
 
 use std::path::PathBuf;
@@ -77,7 +78,7 @@ fn run(cli: Cli) -> Result<()> {
         .with_context(|| format!("opening rbuild's root {}", root_path.display()))?;
     clean_up_on_signals(&root)?;
     match cli.command {
-        Command::Build(args) => build::run(&root, args, &config::gc_policy(&config)),
+        Command::Build(args) => build::run(&root, args, &config),
         Command::Check(args) => check::run(&root, &args),
         Command::Debug(DebugCommand::Graph { format, build }) => {
             check::graph(&root, &build, format)
@@ -92,6 +93,21 @@ fn run(cli: Cli) -> Result<()> {
             commands::load(&root, input.as_deref(), quiet)
         }
         Command::Inspect { images } => commands::inspect(&root, &images),
+        Command::Pull { image, quiet } => registry::pull_command(&root, &config, &image, quiet),
+        Command::Push { images } => registry::push_command(&root, &config, &images),
+        Command::Login {
+            server,
+            username,
+            password,
+            password_stdin,
+        } => registry::login(
+            &config,
+            server.as_deref(),
+            username,
+            password,
+            password_stdin,
+        ),
+        Command::Logout { server } => registry::logout(server.as_deref()),
         Command::Du(args) => disk::du(&root, &args),
         Command::Prune(args) => disk::prune(&root, &args),
     }

@@ -8,8 +8,9 @@ use anyhow::{Result, bail};
 /// Where a build's result goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// rbuild's own image store (the default).
-    Image { names: Vec<String> },
+    /// rbuild's own image store (the default), and with `push` the
+    /// names' registries too.
+    Image { names: Vec<String>, push: bool },
     /// A docker-save tarball (file, or stdout for `-`).
     Docker { dest: Dest, names: Vec<String> },
     /// An OCI layout: a tarball, or a directory with `tar=false`.
@@ -40,7 +41,7 @@ impl Dest {
     }
 }
 
-const TYPES: &str = "image, docker, oci, local, tar";
+const TYPES: &str = "image, registry, docker, oci, local, tar";
 
 impl Output {
     pub fn parse(spec: &str) -> Result<Output> {
@@ -56,6 +57,7 @@ impl Output {
         let mut dest = None;
         let mut tar = true;
         let mut names = Vec::new();
+        let mut push = false;
         for field in split_csv(spec)? {
             let Some((key, value)) = field.split_once('=') else {
                 bail!("invalid output {spec:?}: {field:?} is not key=value");
@@ -76,12 +78,15 @@ impl Output {
                         .filter(|n| !n.is_empty())
                         .map(str::to_string),
                 ),
-                "push" if value == "false" => {}
                 "push" => {
-                    bail!("invalid output {spec:?}: pushing to a registry is not supported yet")
+                    push = match value {
+                        "true" => true,
+                        "false" => false,
+                        _ => bail!("invalid output {spec:?}: push must be true or false"),
+                    }
                 }
                 other => bail!(
-                    "invalid output {spec:?}: unknown key {other:?} (known: type, dest, tar, name)"
+                    "invalid output {spec:?}: unknown key {other:?} (known: type, dest, tar, name, push)"
                 ),
             }
         }
@@ -95,7 +100,9 @@ impl Output {
             }
         };
         Ok(match kind.as_str() {
-            "image" => Output::Image { names },
+            "image" => Output::Image { names, push },
+            // buildx: type=registry is type=image,push=true.
+            "registry" => Output::Image { names, push: true },
             "docker" => Output::Docker {
                 dest: need_dest(dest)?,
                 names,
@@ -114,7 +121,6 @@ impl Output {
             "tar" => Output::Tar {
                 dest: need_dest(dest)?,
             },
-            "registry" => bail!("output type=registry is not supported yet"),
             other => bail!("unknown output type {other:?} (supported: {TYPES})"),
         })
     }
@@ -172,9 +178,15 @@ mod tests {
         assert_eq!(
             Output::parse(r#"type=image,"name=a:1,b:2""#).unwrap(),
             Output::Image {
-                names: vec!["a:1".into(), "b:2".into()]
+                names: vec!["a:1".into(), "b:2".into()],
+                push: false
             }
         );
+        assert_eq!(
+            Output::parse("type=image,name=r/a:1,push=true").unwrap(),
+            Output::parse("type=registry,name=r/a:1").unwrap()
+        );
+        assert!(Output::parse("type=image,push=maybe").is_err());
         assert!(
             Output::parse("type=bogus,dest=x")
                 .unwrap_err()

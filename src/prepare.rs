@@ -32,15 +32,16 @@ pub struct Prepared {
 }
 
 /// How base images that are not available are treated.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Bases {
-    /// They are an error (building).
-    Required,
+#[derive(Clone, Copy)]
+pub enum Bases<'a> {
+    /// They are pulled from their registry, with this configuration
+    /// (building); one that cannot be pulled is an error.
+    Pull(&'a crate::config::Config),
     /// They are assumed empty, with a note (checking).
     Optional,
 }
 
-pub fn prepare(root: &Root, args: &BuildArgs, bases: Bases) -> Result<Prepared> {
+pub fn prepare(root: &Root, args: &BuildArgs, bases: Bases<'_>) -> Result<Prepared> {
     check_context(&args.context)?;
     let (dockerfile_name, source) = read_dockerfile(&args.context, args.file.as_deref())?;
     let parsed = parser::parse(&source).map_err(|e| {
@@ -57,13 +58,21 @@ pub fn prepare(root: &Root, args: &BuildArgs, bases: Bases) -> Result<Prepared> 
     }
     let (skip, lints_are_errors) = check_directive(&parsed);
 
-    let store_resolver = Resolver::new(root, &args.build_contexts)?;
+    let pulling = match bases {
+        Bases::Pull(config) => Some(crate::resolver::Pulling {
+            config,
+            always: args.pull,
+            quiet: args.quiet,
+        }),
+        Bases::Optional => None,
+    };
+    let store_resolver = Resolver::new(root, &args.build_contexts, pulling)?;
     let lenient = Lenient {
         inner: &store_resolver,
         missing: Default::default(),
     };
     let resolver: &dyn ImageResolver = match bases {
-        Bases::Required => &store_resolver,
+        Bases::Pull(_) => &store_resolver,
         Bases::Optional => &lenient,
     };
     let dockerfile_path = args.file.as_deref().filter(|f| f.as_os_str() != "-");

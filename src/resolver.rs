@@ -1,8 +1,12 @@
-//! Finding base images: `--build-context` first, then the local store.
+//! Finding base images: `--build-context` first, then the local store,
+//! then the image's registry (always the registry with `--pull`).
 
+use std::cell::{OnceCell, RefCell};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use rbuild_export::registry::Registry;
 use rbuild_export::{Imported, import, load_image};
 use rbuild_frontend::{ImageResolver, ResolvedImage};
 use rbuild_oci::{Digest, Reference};
@@ -17,13 +21,30 @@ struct LayoutContext {
     digest: Option<Digest>,
 }
 
+/// When and how base images are pulled.
+pub struct Pulling<'a> {
+    pub config: &'a crate::config::Config,
+    /// `--pull`: even images in the store are pulled again (once a build).
+    pub always: bool,
+    pub quiet: bool,
+}
+
 pub struct Resolver<'a> {
     root: &'a Root,
     contexts: Vec<LayoutContext>,
+    pulling: Option<Pulling<'a>>,
+    /// Made on first use: a build from local images needs no client.
+    registry: OnceCell<Registry>,
+    /// What this build pulled already, by the name the Dockerfile used.
+    pulled: RefCell<HashMap<String, ResolvedImage>>,
 }
 
 impl<'a> Resolver<'a> {
-    pub fn new(root: &'a Root, build_contexts: &[String]) -> Result<Resolver<'a>> {
+    pub fn new(
+        root: &'a Root,
+        build_contexts: &[String],
+        pulling: Option<Pulling<'a>>,
+    ) -> Result<Resolver<'a>> {
         let mut contexts = Vec::new();
         for spec in build_contexts {
             let Some((name, value)) = spec.split_once('=') else {
@@ -62,7 +83,13 @@ impl<'a> Resolver<'a> {
                 digest,
             });
         }
-        Ok(Resolver { root, contexts })
+        Ok(Resolver {
+            root,
+            contexts,
+            pulling,
+            registry: OnceCell::new(),
+            pulled: RefCell::new(HashMap::new()),
+        })
     }
 
     fn resolve_layout(&self, context: &LayoutContext) -> Result<ResolvedImage, String> {
@@ -117,7 +144,8 @@ impl<'a> Resolver<'a> {
                 .map_err(|e| e.to_string())?
                 .into_iter()
                 .find(|r| {
-                    r.manifest.digest == *digest && r.name.repository() == reference.repository()
+                    r.name.repository() == reference.repository()
+                        && (r.manifest.digest == *digest || r.name.digest() == Some(digest))
                 }),
             None => self
                 .root
@@ -138,14 +166,49 @@ impl<'a> Resolver<'a> {
     }
 }
 
+impl Resolver<'_> {
+    /// Pulls `name` (once per build) and returns it as resolved.
+    fn resolve_pulled(&self, name: &str, pulling: &Pulling<'_>) -> Result<ResolvedImage, String> {
+        if let Some(done) = self.pulled.borrow().get(name) {
+            return Ok(done.clone());
+        }
+        let reference = Reference::parse(name).map_err(|e| format!("{name}: {e}"))?;
+        let registry = match self.registry.get() {
+            Some(r) => r,
+            None => {
+                let r = crate::registry::client(pulling.config).map_err(|e| format!("{e:#}"))?;
+                self.registry.get_or_init(|| r)
+            }
+        };
+        let (_, pulled) = crate::registry::pull(self.root, registry, &reference, pulling.quiet)
+            .map_err(|e| format!("pulling {name}: {e:#}"))?;
+        let resolved = ResolvedImage {
+            name: name.to_string(),
+            manifest: pulled.manifest,
+            config: pulled.config,
+        };
+        self.pulled
+            .borrow_mut()
+            .insert(name.to_string(), resolved.clone());
+        Ok(resolved)
+    }
+}
+
 impl ImageResolver for Resolver<'_> {
     fn resolve(&self, name: &str) -> Result<Option<ResolvedImage>, String> {
         let normalized = Reference::parse(name).ok();
         let context = self.contexts.iter().find(|c| {
             c.name == name || (normalized.is_some() && Reference::parse(&c.name).ok() == normalized)
         });
-        match context {
-            Some(context) => self.resolve_layout(context).map(Some),
+        if let Some(context) = context {
+            return self.resolve_layout(context).map(Some);
+        }
+        match &self.pulling {
+            Some(pulling) if pulling.always => self.resolve_pulled(name, pulling).map(Some),
+            Some(pulling) => match self.resolve_stored(name)? {
+                Some(found) => Ok(Some(found)),
+                None => self.resolve_pulled(name, pulling).map(Some),
+            },
             None => self.resolve_stored(name),
         }
     }

@@ -1,0 +1,281 @@
+//! Registry commands and the glue between the registry client and the
+//! image store: `rbuild pull`, `push`, `login`, `logout`, and pulling base
+//! images and pushing results for `rbuild build`.
+
+use std::collections::HashSet;
+use std::io::{BufRead, IsTerminal};
+
+use anyhow::{Context, Result, anyhow, bail};
+use rbuild_export::registry::{
+    Credential, CredentialStore, MountSources, Pulled, PushReport, Registry,
+};
+use rbuild_oci::{BlobStore, Descriptor, Manifest, Platform, Reference};
+use rbuild_solver::{ImageRecord, Root};
+
+use crate::config::Config;
+
+/// The registry client with this invocation's hosts config and the user's
+/// docker credentials.
+pub fn client(config: &Config) -> Result<Registry> {
+    let path = CredentialStore::default_path();
+    let credentials = CredentialStore::open(&path)?;
+    Ok(Registry::new(
+        config.registry_hosts.clone(),
+        Some(credentials),
+        config.network,
+    ))
+}
+
+/// Runs registry work to completion. The client is async; the commands
+/// around it are not.
+pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the network runtime")?;
+    Ok(runtime.block_on(future))
+}
+
+/// Pulls `reference` into the store and names it there; the record says
+/// which manifest the name now points to.
+pub fn pull(
+    root: &Root,
+    registry: &Registry,
+    reference: &Reference,
+    quiet: bool,
+) -> Result<(ImageRecord, Pulled)> {
+    let pulled = block_on(registry.pull(&root.content, reference, &Platform::host()))??;
+    let size = layers_size(root, &pulled.manifest);
+    let record = ImageRecord {
+        name: reference.clone(),
+        manifest: pulled.manifest.clone(),
+        config: config_digest(root, &pulled.manifest)?,
+        created: pulled.config.created.clone(),
+        size,
+    };
+    root.images.put(record.clone())?;
+    if !quiet {
+        eprintln!(
+            "pulled {} from {}: {} ({} new blobs, {})",
+            reference.familiar(),
+            pulled.source,
+            pulled.digest,
+            pulled.fetched_blobs,
+            crate::commands::human_size(pulled.fetched_bytes),
+        );
+    }
+    Ok((record, pulled))
+}
+
+fn stored_manifest(root: &Root, manifest: &Descriptor) -> Result<Manifest> {
+    let bytes = root.content.read_all(&manifest.digest)?;
+    serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "manifest {} in the store is not valid JSON",
+            manifest.digest
+        )
+    })
+}
+
+fn config_digest(root: &Root, manifest: &Descriptor) -> Result<rbuild_oci::Digest> {
+    Ok(stored_manifest(root, manifest)?.config.digest)
+}
+
+fn layers_size(root: &Root, manifest: &Descriptor) -> u64 {
+    stored_manifest(root, manifest)
+        .map(|m| m.layers.iter().map(|l| l.size).sum())
+        .unwrap_or(0)
+}
+
+/// Pushes the image `manifest` to every target.
+pub fn push(
+    root: &Root,
+    registry: &Registry,
+    manifest: &Descriptor,
+    targets: &[Reference],
+) -> Result<PushReport> {
+    let mut sources = MountSources::new();
+    for target in targets {
+        mount_sources(root, target.domain(), &mut sources);
+    }
+    Ok(block_on(registry.push(
+        &root.content,
+        manifest,
+        targets,
+        &sources,
+    ))??)
+}
+
+/// One line on what a push moved.
+pub fn summary(report: &PushReport) -> String {
+    format!(
+        "pushed {} blobs ({}), mounted {}, {} already there",
+        report.uploaded_blobs,
+        crate::commands::human_size(report.uploaded_bytes),
+        report.mounted_blobs,
+        report.existing_blobs
+    )
+}
+
+/// Which repositories of `domain` hold each blob, from the images in the
+/// store named there (they were pulled from or pushed to it).
+fn mount_sources(root: &Root, domain: &str, sources: &mut MountSources) {
+    let Ok(records) = root.images.list() else {
+        return;
+    };
+    // One image often has several names: read each manifest once per
+    // repository.
+    let mut seen: HashSet<(rbuild_oci::Digest, &str)> = HashSet::new();
+    for record in records.iter().filter(|r| r.name.domain() == domain) {
+        if !seen.insert((record.manifest.digest, record.name.path())) {
+            continue;
+        }
+        let Ok(manifest) = stored_manifest(root, &record.manifest) else {
+            continue;
+        };
+        for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            let paths = sources.entry(blob.digest).or_default();
+            let path = record.name.path().to_string();
+            if !paths.contains(&path) {
+                paths.push(path);
+            }
+        }
+    }
+}
+
+/// `rbuild pull IMAGE`.
+pub fn pull_command(root: &Root, config: &Config, image: &str, quiet: bool) -> Result<()> {
+    let reference = Reference::parse(image).map_err(|e| anyhow!("{image}: {e}"))?;
+    let registry = client(config)?;
+    let _guard = rbuild_solver::gc::build_guard(root).context("locking the root")?;
+    let (_, pulled) = pull(root, &registry, &reference, quiet)?;
+    if !quiet {
+        println!("Digest: {}", pulled.digest);
+    }
+    println!("{reference}");
+    Ok(())
+}
+
+/// `rbuild push IMAGE`: every name given, as stored.
+pub fn push_command(root: &Root, config: &Config, images: &[String]) -> Result<()> {
+    let registry = client(config)?;
+    for image in images {
+        let reference = Reference::parse(image).map_err(|e| anyhow!("{image}: {e}"))?;
+        let record = root
+            .images
+            .get(&reference)?
+            .ok_or_else(|| anyhow!("no such image: {image}"))?;
+        let report = push(root, &registry, &record.manifest, &[reference])?;
+        // What docker push prints, for scripts that read it.
+        for (target, digest, size) in &report.pushed {
+            let name = target
+                .tag()
+                .map_or_else(|| target.familiar(), str::to_string);
+            println!("{name}: digest: {digest} size: {size}");
+        }
+        eprintln!("{}", summary(&report));
+    }
+    Ok(())
+}
+
+/// `rbuild login [-u USER] [-p PASS | --password-stdin] [SERVER]`: checks
+/// the credentials against the registry, then stores them as docker does.
+pub fn login(
+    config: &Config,
+    server: Option<&str>,
+    username: Option<String>,
+    password: Option<String>,
+    password_stdin: bool,
+) -> Result<()> {
+    let server = normalize_server(server.unwrap_or(rbuild_oci::DEFAULT_DOMAIN));
+    let username = match username {
+        Some(u) => u,
+        None => prompt("Username: ")?,
+    };
+    let password = match (password, password_stdin) {
+        (Some(_), true) => bail!("--password and --password-stdin are mutually exclusive"),
+        (Some(p), false) => {
+            eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
+            p
+        }
+        (None, true) => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            line.trim_end_matches(['\n', '\r']).to_string()
+        }
+        (None, false) => prompt_hidden("Password: ")?,
+    };
+    if username.is_empty() || password.is_empty() {
+        bail!("a username and a password are required");
+    }
+    let credential = Credential::Basic { username, password };
+    let registry = Registry::with_login(
+        config.registry_hosts.clone(),
+        config.network,
+        &server,
+        credential.clone(),
+    );
+    block_on(registry.check_login(&server))??;
+    let mut store = CredentialStore::open(&CredentialStore::default_path())?;
+    store.store(&server, &credential)?;
+    println!("Login Succeeded");
+    Ok(())
+}
+
+/// `rbuild logout [SERVER]`.
+pub fn logout(server: Option<&str>) -> Result<()> {
+    let server = normalize_server(server.unwrap_or(rbuild_oci::DEFAULT_DOMAIN));
+    let mut store = CredentialStore::open(&CredentialStore::default_path())?;
+    if store.erase(&server)? {
+        println!("Removing login credentials for {server}");
+    } else {
+        println!("Not logged in to {server}");
+    }
+    Ok(())
+}
+
+/// `https://index.docker.io/v1/` and friends are `docker.io`; a URL is its host.
+fn normalize_server(server: &str) -> String {
+    let host = server
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let host = host.split('/').next().unwrap_or(host);
+    match host {
+        "index.docker.io" | "registry-1.docker.io" => rbuild_oci::DEFAULT_DOMAIN.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn prompt(what: &str) -> Result<String> {
+    if !std::io::stdin().is_terminal() {
+        bail!("cannot prompt for a {what:?} without a terminal: use -u and --password-stdin");
+    }
+    eprint!("{what}");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Reads a line from the terminal without echoing it.
+fn prompt_hidden(what: &str) -> Result<String> {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!("cannot prompt for a {what:?} without a terminal: use --password-stdin");
+    }
+    let saved = tcgetattr(&stdin).context("reading the terminal's settings")?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    tcsetattr(&stdin, OptionalActions::Now, &quiet).context("turning off echo")?;
+    eprint!("{what}");
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    // Echo comes back whatever the read did.
+    let _ = tcsetattr(&stdin, OptionalActions::Now, &saved);
+    eprintln!();
+    read.context("reading the password")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
