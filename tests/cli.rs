@@ -324,12 +324,18 @@ fn bad_input_fails_cleanly() {
         err.trim_end(),
         "error: Dockerfile:2:3: unknown instruction: FORM (did you mean FROM?)\n 2 |   FORM scratch\n   |   ^^^^"
     );
+    // A base image that is not in the store is pulled; offline (as tests
+    // are), that fails naming the line, the image and the registry.
     let nobase = env.context("n", &[("Dockerfile", "FROM nosuchimage:1\n")]);
     let err = env.fails(&[nobase.to_str().unwrap()]);
     assert!(
-        err.starts_with("error: Dockerfile:1:1: base image \"nosuchimage:1\" not found"),
+        err.starts_with(
+            "error: Dockerfile:1:1: pulling nosuchimage:1: docker.io/library/nosuchimage"
+        ),
         "{err}"
     );
+    // The cause is said once, not once per wrapper.
+    assert_eq!(err.matches("error sending request").count(), 1, "{err}");
     let err = env.fails(&["--bogus-flag", ctx]);
     assert!(err.contains("--bogus-flag"), "{err}");
     one_line(

@@ -5,6 +5,10 @@
 
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+pub mod registry;
+pub mod token_server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;

@@ -210,7 +210,7 @@ impl Session<'_> {
             registry: self.endpoint.display_name(),
             repository: self.repository.clone(),
             action: action.to_string(),
-            source: TransportError::from_reqwest(e),
+            error: TransportError::from_reqwest(e),
         }
     }
 

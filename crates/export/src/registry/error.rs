@@ -18,14 +18,15 @@ pub enum RegistryError {
         /// The registry's own error text (its `errors` JSON), if any.
         message: String,
     },
-    /// The connection failed (refused, reset, timed out, TLS).
-    #[error("{registry}/{repository}: {action}: {source}")]
+    /// The connection failed (refused, reset, timed out, TLS). The
+    /// transport error is part of the message (it is already the whole
+    /// chain of causes), not a separate source.
+    #[error("{registry}/{repository}: {action}: {error}")]
     Transport {
         registry: String,
         repository: String,
         action: String,
-        #[source]
-        source: TransportError,
+        error: TransportError,
     },
     /// Credentials were refused, or the registry's auth challenge could not
     /// be answered.

@@ -96,6 +96,51 @@ impl Registry {
         }))
     }
 
+    /// Fetches the manifest `reference` names (through an index, the one
+    /// for `platform`) and its config blob, but no layers: enough to read a
+    /// build cache, whose layers are fetched one by one when needed
+    /// ([`Registry::pull_blob`]). `None` when the registry has no such
+    /// manifest. Mirrors are not used.
+    pub async fn pull_manifest(
+        &self,
+        store: &dyn BlobStore,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<Option<(Descriptor, Manifest)>, RegistryError> {
+        let session = self.session(
+            self.hosts.push_endpoint(reference.domain()),
+            reference.path(),
+            vec![scope(reference.path(), "pull")],
+        )?;
+        let (raw, _) = match resolve(&session, store, reference, platform).await {
+            Ok(resolved) => resolved,
+            Err(RegistryError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let manifest: Manifest = parse(&raw.bytes, reference, "manifest")?;
+        fetch_blob(&session, store, &manifest.config).await?;
+        let descriptor = Descriptor::new(&raw.media_type, raw.digest, raw.bytes.len() as u64);
+        Ok(Some((descriptor, manifest)))
+    }
+
+    /// Fetches one blob of `reference`'s repository into the store.
+    pub async fn pull_blob(
+        &self,
+        store: &dyn BlobStore,
+        reference: &Reference,
+        blob: &Descriptor,
+    ) -> Result<u64, RegistryError> {
+        if store.contains(&blob.digest) {
+            return Ok(0);
+        }
+        let session = self.session(
+            self.hosts.push_endpoint(reference.domain()),
+            reference.path(),
+            vec![scope(reference.path(), "pull")],
+        )?;
+        fetch_blob(&session, store, blob).await
+    }
+
     async fn pull_from(
         &self,
         session: &Session<'_>,
@@ -103,41 +148,7 @@ impl Registry {
         reference: &Reference,
         platform: &Platform,
     ) -> Result<Pulled, RegistryError> {
-        let by = match (reference.digest(), reference.tag()) {
-            (Some(digest), _) => digest.to_string(),
-            (None, Some(tag)) => tag.to_string(),
-            (None, None) => "latest".to_string(),
-        };
-        let top = fetch_manifest(session, reference, &by, reference.digest()).await?;
-        let resolved_digest = top.digest;
-        store_bytes(store, &top, reference)?;
-        let raw = if media_type::is_index(&top.media_type) {
-            let index: Index = parse(&top.bytes, reference, "index")?;
-            let chosen =
-                choose_platform(&index, platform).ok_or_else(|| RegistryError::NoPlatform {
-                    reference: reference.to_string(),
-                    wanted: platform.to_string(),
-                    available: index
-                        .manifests
-                        .iter()
-                        .filter_map(|m| m.platform.as_ref().map(ToString::to_string))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?;
-            let digest = chosen.digest;
-            let raw =
-                fetch_manifest(session, reference, &digest.to_string(), Some(&digest)).await?;
-            store_bytes(store, &raw, reference)?;
-            raw
-        } else {
-            top
-        };
-        if !media_type::is_manifest(&raw.media_type) {
-            return Err(RegistryError::Unsupported {
-                reference: reference.to_string(),
-                media_type: raw.media_type,
-            });
-        }
+        let (raw, resolved_digest) = resolve(session, store, reference, platform).await?;
         let manifest: Manifest = parse(&raw.bytes, reference, "manifest")?;
         let mut blobs = vec![manifest.config.clone()];
         blobs.extend(manifest.layers.iter().cloned());
@@ -174,6 +185,51 @@ impl Registry {
             source: session.endpoint.display_name(),
         })
     }
+}
+
+/// Resolves a reference to an image manifest, storing it (and the index
+/// it came through); returns it and the digest the reference named.
+async fn resolve(
+    session: &Session<'_>,
+    store: &dyn BlobStore,
+    reference: &Reference,
+    platform: &Platform,
+) -> Result<(RawManifest, Digest), RegistryError> {
+    let by = match (reference.digest(), reference.tag()) {
+        (Some(digest), _) => digest.to_string(),
+        (None, Some(tag)) => tag.to_string(),
+        (None, None) => "latest".to_string(),
+    };
+    let top = fetch_manifest(session, reference, &by, reference.digest()).await?;
+    let resolved_digest = top.digest;
+    store_bytes(store, &top, reference)?;
+    let raw = if media_type::is_index(&top.media_type) {
+        let index: Index = parse(&top.bytes, reference, "index")?;
+        let chosen =
+            choose_platform(&index, platform).ok_or_else(|| RegistryError::NoPlatform {
+                reference: reference.to_string(),
+                wanted: platform.to_string(),
+                available: index
+                    .manifests
+                    .iter()
+                    .filter_map(|m| m.platform.as_ref().map(ToString::to_string))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let digest = chosen.digest;
+        let raw = fetch_manifest(session, reference, &digest.to_string(), Some(&digest)).await?;
+        store_bytes(store, &raw, reference)?;
+        raw
+    } else {
+        top
+    };
+    if !media_type::is_manifest(&raw.media_type) {
+        return Err(RegistryError::Unsupported {
+            reference: reference.to_string(),
+            media_type: raw.media_type,
+        });
+    }
+    Ok((raw, resolved_digest))
 }
 
 /// GETs a manifest by tag or digest, checking its digest when one is known
