@@ -64,6 +64,11 @@ pub fn run(root: &Root, args: BuildArgs, config: &Config) -> Result<()> {
     // Held until the image is named: until then its blobs (pulled bases
     // included) are unreferenced and a concurrent prune must not take them.
     let guard = rbuild_solver::gc::build_guard(root).context("locking the root")?;
+    let cache_imports: Vec<rbuild_solver::CacheImport> = args
+        .cache_from
+        .iter()
+        .map(|s| rbuild_solver::CacheImport::parse(s))
+        .collect::<Result<_, _>>()?;
     let prepared = prepare(root, &args, Bases::Pull(config))?;
     let (dockerfile_name, plan) = (&prepared.dockerfile_name, &prepared.plan);
     // Warnings go to stderr even with -q, which keeps stdout for the ID.
@@ -108,11 +113,7 @@ pub fn run(root: &Root, args: BuildArgs, config: &Config) -> Result<()> {
             disabled_stages: args.no_cache_filter.clone(),
         },
         jobs,
-        cache_imports: args
-            .cache_from
-            .iter()
-            .map(|s| rbuild_solver::CacheImport::parse(s))
-            .collect::<Result<_, _>>()?,
+        cache_imports: crate::registry::open_cache_imports(root, config, &cache_imports)?,
         cache_exports: args
             .cache_to
             .iter()
@@ -142,6 +143,11 @@ pub fn run(root: &Root, args: BuildArgs, config: &Config) -> Result<()> {
 
     for output in &outputs {
         export(root, &built, &tags, output, &progress, config)?;
+    }
+    for report in crate::registry::push_caches(root, config, &built.cache_manifests)? {
+        for (name, digest, _) in &report.pushed {
+            progress.message(&format!("exporting cache to {name} done: {digest}"));
+        }
     }
     progress.message(&format!("writing image {} done", built.config_digest));
     progress.finish(false);

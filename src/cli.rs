@@ -169,10 +169,10 @@ pub struct BuildArgs {
     /// Do not use cache for these stages (names or indexes; repeatable, comma-separated)
     #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
     pub no_cache_filter: Vec<String>,
-    /// Export the build cache (type=local,dest=DIR[,mode=min|max])
+    /// Export the build cache (type=local,dest=DIR | type=registry,ref=REF | type=inline; [,mode=min|max])
     #[arg(long = "cache-to", value_name = "SPEC")]
     pub cache_to: Vec<String>,
-    /// Import a build cache (type=local,src=DIR)
+    /// Import a build cache (type=local,src=DIR | type=registry,ref=REF)
     #[arg(long = "cache-from", value_name = "SPEC")]
     pub cache_from: Vec<String>,
     /// Progress output: auto, plain, tty, rawjson or quiet

@@ -2,15 +2,16 @@
 //! image store: `rbuild pull`, `push`, `login`, `logout`, and pulling base
 //! images and pushing results for `rbuild build`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, IsTerminal};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use rbuild_export::registry::{
     Credential, CredentialStore, MountSources, Pulled, PushReport, Registry,
 };
-use rbuild_oci::{BlobStore, Descriptor, Manifest, Platform, Reference};
-use rbuild_solver::{ImageRecord, Root};
+use rbuild_oci::{BlobStore, Descriptor, Digest, Manifest, Platform, Reference};
+use rbuild_solver::{CacheBlobs, CacheImport, ContentStore, ImageRecord, ImportedCache, Root};
 
 use crate::config::Config;
 
@@ -278,4 +279,118 @@ fn prompt_hidden(what: &str) -> Result<String> {
     eprintln!();
     read.context("reading the password")?;
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Opens `--cache-from` caches: local layouts here, registry ones through
+/// the client (manifest and config only; layers come when the build needs
+/// them). A registry cache that cannot be read is a warning, as with
+/// BuildKit: the build goes on without it.
+pub fn open_cache_imports(
+    root: &Root,
+    config: &Config,
+    imports: &[CacheImport],
+) -> Result<Vec<ImportedCache>> {
+    let mut opened = Vec::new();
+    let mut registry: Option<Arc<Registry>> = None;
+    for import in imports {
+        match import {
+            CacheImport::Local { dir } => opened.push(ImportedCache::open_local(dir)?),
+            CacheImport::Registry { reference } => {
+                let registry = match &registry {
+                    Some(r) => Arc::clone(r),
+                    None => Arc::clone(registry.insert(Arc::new(client(config)?))),
+                };
+                match open_registry_cache(root, registry, reference) {
+                    Ok(Some(cache)) => opened.push(cache),
+                    Ok(None) => eprintln!("note: --cache-from {reference}: no cache there yet"),
+                    Err(e) => eprintln!("warning: --cache-from {reference}: {e:#}"),
+                }
+            }
+        }
+    }
+    Ok(opened)
+}
+
+fn open_registry_cache(
+    root: &Root,
+    registry: Arc<Registry>,
+    reference: &str,
+) -> Result<Option<ImportedCache>> {
+    let reference = Reference::parse(reference)?;
+    let Some((_, manifest)) =
+        block_on(registry.pull_manifest(&root.content, &reference, &Platform::host()))??
+    else {
+        return Ok(None);
+    };
+    let config = root.content.read_all(&manifest.config.digest)?;
+    let blobs = Box::new(RegistryBlobs {
+        layers: manifest
+            .layers
+            .iter()
+            .map(|l| (l.digest, l.clone()))
+            .collect(),
+        registry,
+        reference: reference.clone(),
+    });
+    let origin = reference.to_string();
+    if manifest.config.media_type == rbuild_solver::CACHE_CONFIG_TYPE {
+        Ok(Some(ImportedCache::from_config(&origin, &config, blobs)?))
+    } else {
+        // An image: its inline cache, if it was built with one.
+        Ok(ImportedCache::from_image_config(&origin, &config, blobs)?)
+    }
+}
+
+/// The layers of a registry cache (or of an image with an inline cache).
+struct RegistryBlobs {
+    registry: Arc<Registry>,
+    reference: Reference,
+    layers: HashMap<Digest, Descriptor>,
+}
+
+impl CacheBlobs for RegistryBlobs {
+    fn has_blob(&self, digest: &Digest) -> bool {
+        self.layers.contains_key(digest)
+    }
+
+    fn fetch(&self, digest: &Digest, store: &ContentStore) -> std::io::Result<()> {
+        let Some(blob) = self.layers.get(digest) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{digest} is not in the cache {}", self.reference),
+            ));
+        };
+        // The solver calls this from its own runtime's threads: a thread of
+        // our own keeps the two runtimes apart.
+        let fetched = std::thread::scope(|s| {
+            s.spawn(|| block_on(self.registry.pull_blob(store, &self.reference, blob)))
+                .join()
+        });
+        match fetched {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(std::io::Error::other(e.to_string())),
+            Ok(Err(e)) => Err(std::io::Error::other(format!("{e:#}"))),
+            Err(_) => Err(std::io::Error::other("the blob fetching thread panicked")),
+        }
+    }
+}
+
+/// Pushes `--cache-to type=registry` exports.
+pub fn push_caches(
+    root: &Root,
+    config: &Config,
+    caches: &[(String, Descriptor)],
+) -> Result<Vec<PushReport>> {
+    if caches.is_empty() {
+        return Ok(Vec::new());
+    }
+    let registry = client(config)?;
+    caches
+        .iter()
+        .map(|(reference, manifest)| {
+            let target = Reference::parse(reference)?;
+            push(root, &registry, manifest, &[target])
+                .with_context(|| format!("exporting the cache to {reference}"))
+        })
+        .collect()
 }

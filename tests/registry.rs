@@ -553,3 +553,148 @@ fn a_registry_that_keeps_failing_is_named_with_its_status() {
         "{err}"
     );
 }
+
+/// Every line of the files named `runs` in the root's cache mounts: RUN
+/// steps append their tag there, so a step that did not run left nothing.
+fn runs(client: &Client) -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if entry.file_name() == "runs" {
+                out.extend(read(&path).lines().map(str::to_string));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&client.env.root().join("cache-mounts"), &mut out);
+    out
+}
+
+/// A builder stage whose layer (3 MB: an artifact and scratch files) is
+/// not in the final image, which copies the 2 MB artifact.
+const CACHED_APP: &str = "FROM busybox AS builder\n\
+    RUN --mount=type=cache,target=/count,id=counter echo builder >> /count/runs \
+      && head -c 2000000 /dev/urandom > /artifact && head -c 1000000 /dev/urandom > /scratch\n\
+    FROM busybox\n\
+    COPY --from=builder /artifact /artifact\n\
+    RUN --mount=type=cache,target=/count,id=counter echo final >> /count/runs && md5sum /artifact > /sum\n";
+
+/// The same shape with a builder whose output is the same every time.
+const STEADY_APP: &str = "FROM busybox AS builder\n\
+    RUN --mount=type=cache,target=/count,id=counter echo builder >> /count/runs && echo artifact > /artifact\n\
+    FROM busybox\n\
+    COPY --from=builder /artifact /artifact\n\
+    RUN --mount=type=cache,target=/count,id=counter echo final >> /count/runs && md5sum /artifact > /sum\n";
+
+fn image_id(client: &Client, extra: &[&str]) -> String {
+    build_id(client, CACHED_APP, extra)
+}
+
+fn build_id(client: &Client, dockerfile: &str, extra: &[&str]) -> String {
+    let ctx = client.context(dockerfile);
+    let iid = client.env.path("iid");
+    let iid_arg = iid.display().to_string();
+    let mut args = vec!["build", "--progress=plain", "--iidfile", &iid_arg];
+    args.extend_from_slice(extra);
+    args.push(&ctx);
+    client.ok(&args);
+    read(&iid)
+}
+
+#[test]
+fn a_registry_cache_serves_a_fresh_root_without_running_anything() {
+    if !require_registry() || !require_run() {
+        return;
+    }
+    let registry = Registry::start();
+    registry.seed_busybox("library/busybox:latest");
+    let cache = registry.image("cache/app:buildcache");
+
+    let farm = Client::mirroring(&registry.host());
+    let exported = image_id(
+        &farm,
+        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
+    );
+    assert_eq!(runs(&farm), ["builder", "final"]);
+    let manifest = json(&String::from_utf8_lossy(
+        &registry.raw_manifest("cache/app:buildcache"),
+    ));
+    assert_eq!(
+        manifest["artifactType"],
+        "application/vnd.rbuild.cache.v1+json"
+    );
+
+    // A fresh root: every step comes from the registry cache.
+    let fresh = Client::mirroring(&registry.host());
+    let imported = image_id(
+        &fresh,
+        &["--cache-from", &format!("type=registry,ref={cache}")],
+    );
+    assert!(runs(&fresh).is_empty(), "ran: {:?}", runs(&fresh));
+    assert_eq!(imported, exported, "the same image as the exporting root");
+    // The builder's 2 MB layer is not in the final image and nothing ran on
+    // top of it: it was never fetched.
+    let builder_layer = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["size"].as_u64().unwrap() > 3_000_000)
+        .expect("the builder's layer is in the cache")["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fetched: Vec<String> = registry
+        .access_log()
+        .iter()
+        .filter(|e| e.method == "GET" && e.path().starts_with("/v2/cache/app/blobs/"))
+        .map(|e| e.path().to_string())
+        .collect();
+    assert!(
+        !fetched.iter().any(|p| p.ends_with(&builder_layer)),
+        "{fetched:?}"
+    );
+    assert_eq!(
+        fetched.len(),
+        3,
+        "the cache config, the COPY and RUN layers: {fetched:?}"
+    );
+
+    // A reference with no cache yet is a note, not a failure.
+    let first = Client::mirroring(&registry.host());
+    let none = registry.image("cache/none:latest");
+    image_id(
+        &first,
+        &["--cache-from", &format!("type=registry,ref={none}")],
+    );
+    assert_eq!(runs(&first), ["builder", "final"]);
+}
+
+#[test]
+fn an_inline_cache_makes_the_pushed_image_its_own_cache() {
+    if !require_registry() || !require_run() {
+        return;
+    }
+    let registry = Registry::start();
+    registry.seed_busybox("library/busybox:latest");
+    let image = registry.image("inline/app:1");
+    let farm = Client::mirroring(&registry.host());
+    build_id(
+        &farm,
+        STEADY_APP,
+        &["-t", &image, "--push", "--cache-to", "type=inline"],
+    );
+    assert_eq!(runs(&farm), ["builder", "final"]);
+
+    let fresh = Client::mirroring(&registry.host());
+    build_id(
+        &fresh,
+        STEADY_APP,
+        &["--cache-from", &format!("type=registry,ref={image}")],
+    );
+    // mode=min, as BuildKit's inline cache: the builder stage runs again,
+    // but its artifact is unchanged in content, so the COPY and the RUN
+    // after it are cache hits.
+    assert_eq!(runs(&fresh), ["builder"]);
+}

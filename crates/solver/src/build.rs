@@ -16,7 +16,7 @@ use rbuild_oci::{
 };
 
 use crate::cache_io::{
-    CacheConfig, CacheExport, CacheImport, CacheIoError, CacheMode, ImportedCache,
+    CacheConfig, CacheDest, CacheExport, CacheIoError, CacheMode, ImportedCache,
 };
 use crate::metadata::{CacheRecord, CachedLayer, MetadataError};
 use crate::progress::{Sink, Vertex};
@@ -114,8 +114,9 @@ pub struct BuildOptions {
     /// Names this Dockerfile for explaining misses: steps of the same
     /// scope, stage and position are compared with their last build.
     pub scope: String,
-    /// `--cache-from`: caches to reuse results from.
-    pub cache_imports: Vec<CacheImport>,
+    /// `--cache-from`: caches to reuse results from, opened by the caller
+    /// ([`ImportedCache::open_local`], or from a registry).
+    pub cache_imports: Vec<ImportedCache>,
     /// `--cache-to`: where to export the cache after the build.
     pub cache_exports: Vec<CacheExport>,
 }
@@ -156,6 +157,9 @@ pub struct BuiltImage {
     pub manifest: Descriptor,
     pub config_digest: Digest,
     pub config: ImageConfig,
+    /// `--cache-to type=registry` exports: the reference to push to, and
+    /// the cache manifest (in the content store) to push there.
+    pub cache_manifests: Vec<(String, Descriptor)>,
 }
 
 /// Builds the plan's target (its last stage).
@@ -172,11 +176,7 @@ pub fn build(
     let meta = root.metadata()?;
     let schedule = schedule(plan, &options);
     let source_date_epoch = options.source_date_epoch;
-    let imports = options
-        .cache_imports
-        .iter()
-        .map(ImportedCache::open)
-        .collect::<Result<Vec<_>, _>>()?;
+    let imports = std::mem::take(&mut options.cache_imports);
     let exports = std::mem::take(&mut options.cache_exports);
     let shared = Arc::new(Shared::new(
         plan.graph.clone(),
@@ -230,22 +230,34 @@ pub fn build(
     saved?;
     let (config, layers) = assemble(plan, &results, source_date_epoch)?;
     shared.ensure_blobs(&layers, 0)?;
+    let mut cache_manifests = Vec::new();
+    let mut inline = None;
     for export in &exports {
-        export_cache(plan, &shared, &results, export)?;
+        let records = cache_records(plan, &shared, &results, export.mode)?;
+        match &export.dest {
+            CacheDest::Local(dir) => crate::cache_io::export(&shared.store, &records, dir)?,
+            CacheDest::Registry(reference) => cache_manifests.push((
+                reference.clone(),
+                crate::cache_io::export_to_store(&shared.store, &records, reference)?,
+            )),
+            CacheDest::Inline => inline = Some(records),
+        }
     }
-    store_image(&root.content, config, layers)
+    let mut built = store_image(&root.content, config, layers, inline.as_ref())?;
+    built.cache_manifests = cache_manifests;
+    Ok(built)
 }
 
-/// Writes the cache of this build's steps: the target's (and its base
+/// The cache records of this build's steps: the target's (and its base
 /// stages') for mode=min, every stage's for mode=max.
-fn export_cache(
+fn cache_records(
     plan: &Plan,
     shared: &Shared,
     results: &HashMap<NodeId, Arc<NodeResult>>,
-    export: &CacheExport,
-) -> Result<(), BuildError> {
+    mode: CacheMode,
+) -> Result<CacheConfig, BuildError> {
     let mut stages: Vec<usize> = Vec::new();
-    match export.mode {
+    match mode {
         CacheMode::Max => stages.extend(0..plan.stages.len()),
         CacheMode::Min => {
             let mut next = plan.stages.len().checked_sub(1);
@@ -279,11 +291,10 @@ fn export_cache(
             config.records.insert(key, CacheRecord { layers, size });
         }
     }
-    if export.mode == CacheMode::Max {
+    if mode == CacheMode::Max {
         config.source_sums.extend(shared.used_sums());
     }
-    crate::cache_io::export(&shared.store, &config, &export.dir)?;
-    Ok(())
+    Ok(config)
 }
 
 /// Vertices, cache rules and explain slots for the plan's steps.
@@ -443,9 +454,16 @@ fn store_image(
     store: &ContentStore,
     config: ImageConfig,
     layers: Vec<Layer>,
+    inline_cache: Option<&CacheConfig>,
 ) -> Result<BuiltImage, BuildError> {
     let layers: Vec<Descriptor> = layers.into_iter().map(|l| l.descriptor).collect();
-    let config_json = serde_json::to_vec(&config).map_err(|e| BuildError::Store(e.into()))?;
+    let mut config_value =
+        serde_json::to_value(&config).map_err(|e| BuildError::Store(e.into()))?;
+    if let Some(cache) = inline_cache {
+        config_value[crate::cache_io::INLINE_KEY] =
+            serde_json::to_value(cache).map_err(|e| BuildError::Store(e.into()))?;
+    }
+    let config_json = serde_json::to_vec(&config_value).map_err(|e| BuildError::Store(e.into()))?;
     let config_digest = store.write_bytes(&config_json).map_err(BuildError::Store)?;
     let manifest = Manifest::new(
         Descriptor::new(
@@ -467,5 +485,6 @@ fn store_image(
         ),
         config_digest,
         config,
+        cache_manifests: Vec::new(),
     })
 }

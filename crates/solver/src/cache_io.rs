@@ -8,11 +8,18 @@
 //! stages, and its layers are every layer blob the records name. Being a
 //! plain OCI artifact, the same thing can be pushed to a registry.
 //!
+//! The same artifact goes to a registry (`type=registry,ref=REPO:TAG`):
+//! the solver writes it into the content store and the caller pushes it.
+//! `type=inline` puts the records of the final image's steps into the
+//! image config itself (key [`INLINE_KEY`]), so the image doubles as its
+//! own cache, as BuildKit's inline cache does.
+//!
 //! Importing reads only the config; a layer blob is copied into the
 //! content store (verified against its digest) only when the build needs
 //! it: to run a step on top of it, or because it is in the final image. A
 //! cached step whose layers are covered by later cached steps is never
-//! fetched.
+//! fetched. Where blobs come from is a [`CacheBlobs`]: a local layout
+//! here, a registry in the caller.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,13 +38,16 @@ pub const ARTIFACT_TYPE: &str = "application/vnd.rbuild.cache.v1+json";
 pub const CONFIG_TYPE: &str = "application/vnd.rbuild.cache.config.v1+json";
 /// The `org.opencontainers.image.ref.name` of the cache in `index.json`.
 const REF_NAME: &str = "cache";
+/// The image config key of an inline cache.
+pub const INLINE_KEY: &str = "rbuild.cache.v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheIoError {
-    #[error("cache {dir}: {source}")]
-    Io { dir: PathBuf, source: io::Error },
-    #[error("cache {dir}: {message}")]
-    Format { dir: PathBuf, message: String },
+    /// `origin` is the cache's directory or registry reference.
+    #[error("cache {origin}: {source}")]
+    Io { origin: String, source: io::Error },
+    #[error("cache {origin}: {message}")]
+    Format { origin: String, message: String },
     #[error("bad cache spec {spec:?}: {message}")]
     Spec { spec: String, message: String },
 }
@@ -51,17 +61,37 @@ pub enum CacheMode {
     Max,
 }
 
-/// `--cache-to type=local,dest=DIR[,mode=min|max]`.
+/// Where `--cache-to` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheDest {
+    /// `type=local,dest=DIR`: an OCI layout directory.
+    Local(PathBuf),
+    /// `type=registry,ref=REF`: the caller pushes the manifest the build
+    /// returns (see `BuiltImage::cache_manifests`).
+    Registry(String),
+    /// `type=inline`: into the image config.
+    Inline,
+}
+
+/// `--cache-to type=local,dest=DIR[,mode=min|max]`,
+/// `type=registry,ref=REF[,mode=…]` or `type=inline`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheExport {
-    pub dir: PathBuf,
+    pub dest: CacheDest,
     pub mode: CacheMode,
 }
 
-/// `--cache-from type=local,src=DIR`.
+/// `--cache-from type=local,src=DIR` or `type=registry,ref=REF`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheImport {
-    pub dir: PathBuf,
+pub enum CacheImport {
+    Local {
+        dir: PathBuf,
+    },
+    /// Opened by the caller, which has the registry client
+    /// ([`ImportedCache::from_config`], [`ImportedCache::from_image_config`]).
+    Registry {
+        reference: String,
+    },
 }
 
 /// Splits `type=local,dest=DIR,mode=max` into its fields.
@@ -84,30 +114,57 @@ fn spec_err(spec: &str, message: impl Into<String>) -> CacheIoError {
     }
 }
 
-/// Checks a cache type: only `local` exists so far.
-fn check_type(spec: &str, fields: &BTreeMap<String, String>) -> Result<(), CacheIoError> {
-    match fields.get("type").map(String::as_str) {
-        Some("local") => Ok(()),
-        Some(t @ ("registry" | "inline" | "gha" | "s3" | "azblob")) => Err(spec_err(
+/// Checks the type and that only `allowed` keys are given.
+fn check_keys(
+    spec: &str,
+    fields: &BTreeMap<String, String>,
+    allowed: &[&str],
+) -> Result<(), CacheIoError> {
+    match fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(key) => Err(spec_err(
             spec,
-            format!("cache type {t:?} is not supported yet (only type=local)"),
+            format!("unknown option {key:?} (known: {})", allowed.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn cache_type<'a>(
+    spec: &str,
+    fields: &'a BTreeMap<String, String>,
+) -> Result<&'a str, CacheIoError> {
+    match fields.get("type").map(String::as_str) {
+        Some(t @ ("local" | "registry" | "inline")) => Ok(t),
+        Some(t @ ("gha" | "s3" | "azblob")) => Err(spec_err(
+            spec,
+            format!("cache type {t:?} is not supported (local, registry and inline are)"),
         )),
         Some(t) => Err(spec_err(spec, format!("unknown cache type {t:?}"))),
-        None => Err(spec_err(spec, "type= is required (type=local)")),
+        None => Err(spec_err(
+            spec,
+            "type= is required (local, registry or inline)",
+        )),
     }
+}
+
+/// `ref=` of a registry cache, checked to be an image reference.
+fn registry_ref(spec: &str, fields: &BTreeMap<String, String>) -> Result<String, CacheIoError> {
+    let reference = fields
+        .get("ref")
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| spec_err(spec, "ref=REPOSITORY[:TAG] is required"))?;
+    rbuild_oci::Reference::parse(reference).map_err(|e| spec_err(spec, e.to_string()))?;
+    Ok(reference.clone())
 }
 
 impl CacheExport {
     pub fn parse(spec: &str) -> Result<CacheExport, CacheIoError> {
         let f = fields(spec)?;
-        check_type(spec, &f)?;
-        let dir = f
-            .get("dest")
-            .filter(|d| !d.is_empty())
-            .ok_or_else(|| spec_err(spec, "dest=DIR is required"))?;
+        let kind = cache_type(spec, &f)?;
         let mode = match f.get("mode").map(String::as_str) {
             None | Some("min") => CacheMode::Min,
-            Some("max") => CacheMode::Max,
+            Some("max") if kind != "inline" => CacheMode::Max,
+            Some("max") => return Err(spec_err(spec, "an inline cache is mode=min only")),
             Some(m) => {
                 return Err(spec_err(
                     spec,
@@ -115,34 +172,53 @@ impl CacheExport {
                 ));
             }
         };
-        for key in f.keys() {
-            if !matches!(key.as_str(), "type" | "dest" | "mode") {
-                return Err(spec_err(spec, format!("unknown option {key:?}")));
+        let dest = match kind {
+            "local" => {
+                check_keys(spec, &f, &["type", "dest", "mode"])?;
+                let dir = f
+                    .get("dest")
+                    .filter(|d| !d.is_empty())
+                    .ok_or_else(|| spec_err(spec, "dest=DIR is required"))?;
+                CacheDest::Local(PathBuf::from(dir))
             }
-        }
-        Ok(CacheExport {
-            dir: PathBuf::from(dir),
-            mode,
-        })
+            "registry" => {
+                check_keys(spec, &f, &["type", "ref", "mode"])?;
+                CacheDest::Registry(registry_ref(spec, &f)?)
+            }
+            _ => {
+                check_keys(spec, &f, &["type", "mode"])?;
+                CacheDest::Inline
+            }
+        };
+        Ok(CacheExport { dest, mode })
     }
 }
 
 impl CacheImport {
     pub fn parse(spec: &str) -> Result<CacheImport, CacheIoError> {
         let f = fields(spec)?;
-        check_type(spec, &f)?;
-        let dir = f
-            .get("src")
-            .filter(|d| !d.is_empty())
-            .ok_or_else(|| spec_err(spec, "src=DIR is required"))?;
-        for key in f.keys() {
-            if !matches!(key.as_str(), "type" | "src" | "digest") {
-                return Err(spec_err(spec, format!("unknown option {key:?}")));
+        match cache_type(spec, &f)? {
+            "local" => {
+                check_keys(spec, &f, &["type", "src", "digest"])?;
+                let dir = f
+                    .get("src")
+                    .filter(|d| !d.is_empty())
+                    .ok_or_else(|| spec_err(spec, "src=DIR is required"))?;
+                Ok(CacheImport::Local {
+                    dir: PathBuf::from(dir),
+                })
             }
+            "registry" => {
+                check_keys(spec, &f, &["type", "ref"])?;
+                Ok(CacheImport::Registry {
+                    reference: registry_ref(spec, &f)?,
+                })
+            }
+            _ => Err(spec_err(
+                spec,
+                "an inline cache is imported with type=registry,ref=IMAGE",
+            )),
         }
-        Ok(CacheImport {
-            dir: PathBuf::from(dir),
-        })
     }
 }
 
@@ -156,26 +232,60 @@ pub(crate) struct CacheConfig {
     pub source_sums: BTreeMap<Digest, Digest>,
 }
 
+/// Where an imported cache's blobs are.
+pub trait CacheBlobs: Send + Sync {
+    /// Whether the cache has this blob.
+    fn has_blob(&self, digest: &Digest) -> bool;
+    /// Copies a blob into the store, verifying its digest.
+    fn fetch(&self, digest: &Digest, store: &ContentStore) -> io::Result<()>;
+}
+
 /// An imported cache: its records, and where its blobs are.
-#[derive(Debug)]
-pub(crate) struct ImportedCache {
+pub struct ImportedCache {
+    blobs: Box<dyn CacheBlobs>,
+    pub(crate) config: CacheConfig,
+}
+
+impl std::fmt::Debug for ImportedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportedCache")
+            .field("records", &self.config.records.len())
+            .finish()
+    }
+}
+
+/// The blobs of a local cache layout.
+struct LayoutBlobs {
     dir: PathBuf,
-    pub config: CacheConfig,
+}
+
+impl CacheBlobs for LayoutBlobs {
+    fn has_blob(&self, digest: &Digest) -> bool {
+        blob_path(&self.dir, digest).exists()
+    }
+
+    fn fetch(&self, digest: &Digest, store: &ContentStore) -> io::Result<()> {
+        let mut file = fs::File::open(blob_path(&self.dir, digest))?;
+        store.write(&mut file, Some(digest)).map(drop)
+    }
 }
 
 impl ImportedCache {
-    /// Reads a cache's config; a directory without a cache is an empty
-    /// cache, as with BuildKit (the first build of a farm has none).
-    pub fn open(import: &CacheImport) -> Result<ImportedCache, CacheIoError> {
-        let dir = import.dir.clone();
+    /// Reads a local cache layout's config; a directory without a cache is
+    /// an empty cache, as with BuildKit (the first build of a farm has none).
+    pub fn open_local(dir: &Path) -> Result<ImportedCache, CacheIoError> {
+        let origin = dir.display().to_string();
         let err = |source| CacheIoError::Io {
-            dir: dir.clone(),
+            origin: origin.clone(),
             source,
         };
         let format = |message: String| CacheIoError::Format {
-            dir: dir.clone(),
+            origin: origin.clone(),
             message,
         };
+        let blobs = Box::new(LayoutBlobs {
+            dir: dir.to_path_buf(),
+        });
         let index_path = dir.join("index.json");
         let index: Index = match fs::read(&index_path) {
             Ok(bytes) => {
@@ -183,7 +293,7 @@ impl ImportedCache {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(ImportedCache {
-                    dir,
+                    blobs,
                     config: CacheConfig::default(),
                 });
             }
@@ -197,32 +307,65 @@ impl ImportedCache {
         }) else {
             return Err(format("index.json names no rbuild cache".into()));
         };
-        let manifest: Manifest = read_verified(&dir, &manifest.digest)
-            .map_err(err)
-            .and_then(|b| {
-                serde_json::from_slice(&b).map_err(|e| format(format!("manifest: {e}")))
-            })?;
+        let manifest: Manifest =
+            read_verified(dir, &manifest.digest)
+                .map_err(err)
+                .and_then(|b| {
+                    serde_json::from_slice(&b).map_err(|e| format(format!("manifest: {e}")))
+                })?;
         if manifest.config.media_type != CONFIG_TYPE {
             return Err(format(format!(
                 "not an rbuild cache (config type {})",
                 manifest.config.media_type
             )));
         }
-        let config: CacheConfig = read_verified(&dir, &manifest.config.digest)
-            .map_err(err)
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| format(format!("config: {e}"))))?;
-        Ok(ImportedCache { dir, config })
+        let config = read_verified(dir, &manifest.config.digest).map_err(err)?;
+        ImportedCache::from_config(&origin, &config, blobs)
+    }
+
+    /// A cache from its config blob (media type [`CONFIG_TYPE`]), with its
+    /// blobs elsewhere (a registry).
+    pub fn from_config(
+        origin: &str,
+        config: &[u8],
+        blobs: Box<dyn CacheBlobs>,
+    ) -> Result<ImportedCache, CacheIoError> {
+        let config = serde_json::from_slice(config).map_err(|e| CacheIoError::Format {
+            origin: origin.to_string(),
+            message: format!("config: {e}"),
+        })?;
+        Ok(ImportedCache { blobs, config })
+    }
+
+    /// The inline cache of an image, from its config JSON; `None` when the
+    /// image was built without one.
+    pub fn from_image_config(
+        origin: &str,
+        image_config: &[u8],
+        blobs: Box<dyn CacheBlobs>,
+    ) -> Result<Option<ImportedCache>, CacheIoError> {
+        let format = |message: String| CacheIoError::Format {
+            origin: origin.to_string(),
+            message,
+        };
+        let mut value: serde_json::Value = serde_json::from_slice(image_config)
+            .map_err(|e| format(format!("image config: {e}")))?;
+        let Some(inline) = value.get_mut(INLINE_KEY).map(serde_json::Value::take) else {
+            return Ok(None);
+        };
+        let config =
+            serde_json::from_value(inline).map_err(|e| format(format!("inline cache: {e}")))?;
+        Ok(Some(ImportedCache { blobs, config }))
     }
 
     /// Whether the cache has this blob.
-    pub fn has_blob(&self, digest: &Digest) -> bool {
-        blob_path(&self.dir, digest).exists()
+    pub(crate) fn has_blob(&self, digest: &Digest) -> bool {
+        self.blobs.has_blob(digest)
     }
 
     /// Copies a blob into the store, verifying its digest.
-    pub fn fetch(&self, digest: &Digest, store: &ContentStore) -> io::Result<()> {
-        let mut file = fs::File::open(blob_path(&self.dir, digest))?;
-        store.write(&mut file, Some(digest)).map(drop)
+    pub(crate) fn fetch(&self, digest: &Digest, store: &ContentStore) -> io::Result<()> {
+        self.blobs.fetch(digest, store)
     }
 }
 
@@ -242,20 +385,8 @@ fn read_verified(dir: &Path, digest: &Digest) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Writes `config`'s records and their blobs (from `store`) as a cache
-/// layout in `export.dir`. Blobs already there are kept; `index.json` is
-/// replaced last, atomically, so a reader sees the old cache or the new.
-pub(crate) fn export(
-    store: &ContentStore,
-    config: &CacheConfig,
-    dir: &Path,
-) -> Result<(), CacheIoError> {
-    let err = |source| CacheIoError::Io {
-        dir: dir.to_path_buf(),
-        source,
-    };
-    let blobs = dir.join("blobs").join("sha256");
-    fs::create_dir_all(&blobs).map_err(err)?;
+/// The layers every record names, once each.
+fn record_layers(config: &CacheConfig) -> Vec<Descriptor> {
     let mut layers: BTreeMap<Digest, Descriptor> = BTreeMap::new();
     for record in config.records.values() {
         for layer in &record.layers {
@@ -264,8 +395,41 @@ pub(crate) fn export(
                 .or_insert_with(|| layer.descriptor.clone());
         }
     }
-    for digest in layers.keys() {
-        copy_blob(store, digest, &blobs).map_err(err)?;
+    layers.into_values().collect()
+}
+
+/// The cache artifact's manifest JSON for a config blob and the layers.
+fn manifest_bytes(
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut manifest = Manifest::new(config, layers);
+    manifest.annotations.insert(
+        "org.opencontainers.image.created".into(),
+        rbuild_oci::time::format_rfc3339(std::time::SystemTime::now()),
+    );
+    let mut manifest_json = serde_json::to_value(&manifest)?;
+    manifest_json["artifactType"] = ARTIFACT_TYPE.into();
+    serde_json::to_vec(&manifest_json)
+}
+
+/// Writes `config`'s records and their blobs (from `store`) as a cache
+/// layout in `dir`. Blobs already there are kept; `index.json` is
+/// replaced last, atomically, so a reader sees the old cache or the new.
+pub(crate) fn export(
+    store: &ContentStore,
+    config: &CacheConfig,
+    dir: &Path,
+) -> Result<(), CacheIoError> {
+    let err = |source| CacheIoError::Io {
+        origin: dir.display().to_string(),
+        source,
+    };
+    let blobs = dir.join("blobs").join("sha256");
+    fs::create_dir_all(&blobs).map_err(err)?;
+    let layers = record_layers(config);
+    for layer in &layers {
+        copy_blob(store, &layer.digest, &blobs).map_err(err)?;
     }
     let config_json = serde_json::to_vec(config).map_err(|e| err(e.into()))?;
     let config_desc = Descriptor::new(
@@ -273,14 +437,7 @@ pub(crate) fn export(
         write_blob(&blobs, &config_json).map_err(err)?,
         config_json.len() as u64,
     );
-    let mut manifest = Manifest::new(config_desc, layers.into_values().collect());
-    manifest.annotations.insert(
-        "org.opencontainers.image.created".into(),
-        rbuild_oci::time::format_rfc3339(std::time::SystemTime::now()),
-    );
-    let mut manifest_json = serde_json::to_value(&manifest).map_err(|e| err(e.into()))?;
-    manifest_json["artifactType"] = ARTIFACT_TYPE.into();
-    let manifest_bytes = serde_json::to_vec(&manifest_json).map_err(|e| err(e.into()))?;
+    let manifest_bytes = manifest_bytes(config_desc, layers).map_err(|e| err(e.into()))?;
     let manifest_digest = write_blob(&blobs, &manifest_bytes).map_err(err)?;
     let mut desc = Descriptor::new(
         media_type::OCI_MANIFEST,
@@ -298,6 +455,30 @@ pub(crate) fn export(
     .map_err(err)?;
     let index_bytes = serde_json::to_vec(&index_json).map_err(|e| err(e.into()))?;
     write_atomic(&dir.join("index.json"), &index_bytes).map_err(err)
+}
+
+/// Writes the cache artifact's config and manifest into the content store
+/// (its layers are there already) and returns the manifest's descriptor,
+/// for pushing to a registry.
+pub(crate) fn export_to_store(
+    store: &ContentStore,
+    config: &CacheConfig,
+    origin: &str,
+) -> Result<Descriptor, CacheIoError> {
+    let err = |source| CacheIoError::Io {
+        origin: origin.to_string(),
+        source,
+    };
+    let config_json = serde_json::to_vec(config).map_err(|e| err(e.into()))?;
+    let config_digest = store.write_bytes(&config_json).map_err(err)?;
+    let config_desc = Descriptor::new(CONFIG_TYPE, config_digest, config_json.len() as u64);
+    let bytes = manifest_bytes(config_desc, record_layers(config)).map_err(|e| err(e.into()))?;
+    let digest = store.write_bytes(&bytes).map_err(err)?;
+    Ok(Descriptor::new(
+        media_type::OCI_MANIFEST,
+        digest,
+        bytes.len() as u64,
+    ))
 }
 
 /// Puts a store blob into a layout's blob directory: a hard link when both
@@ -343,27 +524,46 @@ mod tests {
         assert_eq!(
             CacheExport::parse("type=local,dest=/tmp/c,mode=max").unwrap(),
             CacheExport {
-                dir: "/tmp/c".into(),
+                dest: CacheDest::Local("/tmp/c".into()),
                 mode: CacheMode::Max
             }
         );
+        assert_eq!(
+            CacheExport::parse("type=registry,ref=127.0.0.1:5000/app:cache,mode=max").unwrap(),
+            CacheExport {
+                dest: CacheDest::Registry("127.0.0.1:5000/app:cache".into()),
+                mode: CacheMode::Max
+            }
+        );
+        assert_eq!(
+            CacheExport::parse("type=inline").unwrap(),
+            CacheExport {
+                dest: CacheDest::Inline,
+                mode: CacheMode::Min
+            }
+        );
+        assert!(CacheExport::parse("type=inline,mode=max").is_err());
+        assert!(CacheExport::parse("type=registry").is_err());
+        assert!(CacheExport::parse("type=registry,ref=UPPER").is_err());
+        assert!(CacheExport::parse("type=gha").is_err());
         assert_eq!(
             CacheExport::parse("type=local,dest=/tmp/c").unwrap().mode,
             CacheMode::Min
         );
         assert!(CacheExport::parse("type=local").is_err());
         assert!(CacheExport::parse("type=local,dest=x,mode=all").is_err());
-        assert!(
-            CacheExport::parse("type=registry,ref=x")
-                .unwrap_err()
-                .to_string()
-                .contains("not supported yet")
-        );
         assert!(CacheExport::parse("dest=x").is_err());
         assert_eq!(
-            CacheImport::parse("type=local,src=/c").unwrap().dir,
-            PathBuf::from("/c")
+            CacheImport::parse("type=local,src=/c").unwrap(),
+            CacheImport::Local { dir: "/c".into() }
         );
+        assert_eq!(
+            CacheImport::parse("type=registry,ref=r.example/app:cache").unwrap(),
+            CacheImport::Registry {
+                reference: "r.example/app:cache".into()
+            }
+        );
+        assert!(CacheImport::parse("type=inline").is_err());
         assert!(CacheImport::parse("type=local,dest=/c").is_err());
     }
 }

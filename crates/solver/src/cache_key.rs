@@ -59,14 +59,26 @@ pub(crate) fn step_key(
 ) -> Result<StepKey, BuildError> {
     let graph_node = shared.graph.node(node);
     let line = graph_node.line.unwrap_or(0);
+    let op = &graph_node.op;
+    // A COPY from another filesystem depends on the files it selects, not
+    // on how that filesystem was made: its checksum enters below, and a
+    // source stage rebuilt with the same files (new mtimes, say) still
+    // hits, as BuildKit's content-based COPY --from keys do. This is what
+    // lets a mode=min cache (the final stage only) serve a rebuilt builder.
+    let selected_source = match op {
+        Op::Copy(copy) if copy.source != copy.base && inputs.contains_key(&copy.source) => {
+            Some(copy.source)
+        }
+        _ => None,
+    };
     let result_of = |id: NodeId| -> String {
         match inputs.get(&id) {
+            Some(_) if Some(id) == selected_source => "selected".to_string(),
             Some(r) => format!("chain:{}", chain_id(&r.layers)),
             // Context and inline sources: their content enters below.
             None => format!("node:{}", shared.graph.node(id).digest),
         }
     };
-    let op = &graph_node.op;
     let canonical = op.canonical(&result_of);
     let mut facts = json!({
         "op": Digest::of(op.canonical(&|_| String::new()).to_string().as_bytes()).to_string(),

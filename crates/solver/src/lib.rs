@@ -25,7 +25,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use build::{BuildError, BuildOptions, BuiltImage, CachePolicy, Executor, build};
-pub use cache_io::{CacheExport, CacheImport, CacheIoError, CacheMode};
+pub use cache_io::{
+    CONFIG_TYPE as CACHE_CONFIG_TYPE, CacheBlobs, CacheDest, CacheExport, CacheImport,
+    CacheIoError, CacheMode, ImportedCache,
+};
 pub use content::{ContentStore, Ingest, PrehashedIngest};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};
 pub use mounts::{SecretSource, parse_ssh};
