@@ -21,6 +21,7 @@
 //! retry-time = "2m"   # how long a failing request is retried
 //! timeout = "30s"     # connect, and wait for the next bytes of an answer
 //! parallel = 4        # blobs transferred at once
+//! chunk-size = "64MB" # larger blobs are uploaded in chunks this big
 //! ```
 //!
 //! Other sections are only checked to be valid TOML, so a typo is caught
@@ -185,7 +186,7 @@ fn registry_tables(table: &toml::Table, path: &Path) -> Result<RegistryHosts> {
     Ok(hosts)
 }
 
-const TRANSFER_KEYS: &[&str] = &["retry-time", "timeout", "parallel"];
+const TRANSFER_KEYS: &[&str] = &["retry-time", "timeout", "parallel", "chunk-size"];
 
 fn transfer_table(table: &toml::Table, path: &Path) -> Result<NetworkOptions> {
     let file = path.display();
@@ -223,6 +224,20 @@ fn transfer_table(table: &toml::Table, path: &Path) -> Result<NetworkOptions> {
     }
     if let Some(d) = duration("timeout")? {
         options.timeout = d;
+    }
+    match transfer.get("chunk-size") {
+        None => {}
+        Some(toml::Value::String(s)) => {
+            options.chunk_size = parse_size(s)
+                .ok()
+                .filter(|n| *n >= 1024)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "config {file}: transfer.chunk-size: expected a size of at least 1KB such as \"64MB\", not {s:?}"
+                    )
+                })?
+        }
+        Some(other) => bail!("config {file}: transfer.chunk-size: expected a size such as \"64MB\", not {other}"),
     }
     match transfer.get("parallel") {
         None => {}
@@ -267,7 +282,7 @@ mod tests {
         let c = parse(
             "[registry.\"docker.io\"]\nmirrors = [\"127.0.0.1:5000\"]\n\
              [registry.\"r.example:5443\"]\nca = [\"/ca.pem\"]\ninsecure = true\nhttp = false\n\
-             [transfer]\nretry-time = \"10s\"\ntimeout = \"2s\"\nparallel = 2\n",
+             [transfer]\nretry-time = \"10s\"\ntimeout = \"2s\"\nparallel = 2\nchunk-size = \"1MB\"\n",
         )
         .unwrap();
         let hub = c.registry_hosts.get("docker.io").unwrap();
@@ -279,6 +294,7 @@ mod tests {
         assert_eq!(c.network.retry_time, Duration::from_secs(10));
         assert_eq!(c.network.timeout, Duration::from_secs(2));
         assert_eq!(c.network.parallel, 2);
+        assert_eq!(c.network.chunk_size, 1 << 20);
         let e = err("[registry.\"docker.io\"]\nmirror = [\"x\"]\n");
         assert!(e.contains("mirror: unknown key"), "{e}");
         let e = err("[registry.\"docker.io\"]\nmirrors = \"x\"\n");

@@ -32,6 +32,9 @@ pub struct NetworkOptions {
     pub timeout: Duration,
     /// Blobs transferred at the same time.
     pub parallel: usize,
+    /// Blobs larger than this are uploaded in chunks of this size (some
+    /// proxies in front of registries limit request bodies).
+    pub chunk_size: u64,
 }
 
 impl Default for NetworkOptions {
@@ -40,6 +43,7 @@ impl Default for NetworkOptions {
             retry_time: Duration::from_secs(120),
             timeout: Duration::from_secs(30),
             parallel: 4,
+            chunk_size: 64 << 20,
         }
     }
 }

@@ -23,8 +23,6 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use super::client::{Backoff, Registry, Retry, Session, scope};
 use super::error::{Mismatch, RegistryError};
 
-/// Blobs up to this size go in one request; larger ones in chunks this big.
-const CHUNK: u64 = 64 << 20;
 /// Repositories to try mounting a blob from, at most.
 const MAX_MOUNT_SOURCES: usize = 3;
 
@@ -275,10 +273,11 @@ async fn upload(
             .open(&digest)
             .map_err(RegistryError::io(format!("opening blob {digest}")))
     };
-    if blob.size > CHUNK {
+    let chunk = session.registry.options.chunk_size.max(1);
+    if blob.size > chunk {
         let mut offset = 0;
         while offset < blob.size {
-            let len = CHUNK.min(blob.size - offset);
+            let len = chunk.min(blob.size - offset);
             let file = open()?;
             let url = location.clone();
             let response = session
