@@ -168,7 +168,7 @@ pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, ApplyError> 
         Component::ParentDir => Some(Step::Up),
         Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
     });
-    let resolved = resolve_components(root, steps, &path.to_string_lossy())?;
+    let resolved = resolve_components(root, steps, &path.to_string_lossy(), &HashSet::new())?;
     Ok(join_all(root, &resolved))
 }
 
@@ -185,6 +185,7 @@ fn resolve_components(
     root: &Path,
     steps: impl IntoIterator<Item = Step>,
     entry: &str,
+    known_dirs: &HashSet<PathBuf>,
 ) -> Result<Vec<OsString>, ApplyError> {
     let mut pending: VecDeque<Step> = steps.into_iter().collect();
     let mut resolved: Vec<OsString> = Vec::new();
@@ -208,6 +209,11 @@ fn resolve_components(
             break;
         }
         host.push(&name);
+        // A directory this apply made or checked is still one: no lstat.
+        if known_dirs.contains(&host) {
+            resolved.push(name);
+            continue;
+        }
         match fs::symlink_metadata(&host) {
             Ok(md) if md.file_type().is_symlink() => {
                 links += 1;
@@ -625,6 +631,11 @@ struct Applier<'r> {
     /// Directory entries, by host path; ordered so that reverse iteration
     /// visits children before their parents.
     dirs: BTreeMap<PathBuf, DirMeta>,
+    /// Host paths known to be real directories (not symlinks): made or
+    /// checked by this apply. Path resolution skips their lstat, which for
+    /// a layer of many small files was most of the work. Emptied whenever
+    /// anything is removed, so it never vouches for a path that changed.
+    known_dirs: HashSet<PathBuf>,
     buf: Vec<u8>,
 }
 
@@ -637,6 +648,7 @@ impl<'r> Applier<'r> {
             unpacked: HashSet::new(),
             ancestors: HashSet::new(),
             dirs: BTreeMap::new(),
+            known_dirs: HashSet::new(),
             buf: vec![0; COPY_BUF],
         }
     }
@@ -737,7 +749,12 @@ impl<'r> Applier<'r> {
             // The root itself ("./"): containerd leaves the root alone.
             return Ok(());
         }
-        let resolved = resolve_components(self.root, comps.into_iter().map(Step::Name), &name)?;
+        let resolved = resolve_components(
+            self.root,
+            comps.into_iter().map(Step::Name),
+            &name,
+            &self.known_dirs,
+        )?;
         let Some((base, parents)) = resolved.split_last() else {
             return Ok(());
         };
@@ -755,16 +772,42 @@ impl<'r> Applier<'r> {
         };
         let self_link = link_target.as_deref() == Some(path.as_path());
 
+        // Most entries are new: a file or directory is created straight
+        // away, and only if something is in the way is it inspected (an
+        // lstat per entry was a large part of unpacking many small files).
+        match kind {
+            Kind::File => match self.write_file(data, sparse.as_ref(), &path, &meta) {
+                Err(ApplyError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::AlreadyExists => {}
+                done => {
+                    done?;
+                    self.record(&path);
+                    return Ok(());
+                }
+            },
+            Kind::Dir => match fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {
+                    self.finish_dir(&path, meta)?;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_at("create directory", &path)(e)),
+            },
+            _ => {}
+        }
+
         // Replace what is there, except a directory that stays a directory
         // (its metadata is updated) and a hard link to itself (a no-op).
         let existing_dir = match fs::symlink_metadata(&path) {
             Ok(md) if md.is_dir() && matches!(kind, Kind::Dir) => true,
             Ok(md) if md.is_dir() => {
+                self.known_dirs.clear();
                 fs::remove_dir_all(&path).map_err(io_at("remove directory", &path))?;
                 false
             }
             Ok(_) if self_link => false,
             Ok(_) => {
+                self.known_dirs.clear();
                 fs::remove_file(&path).map_err(io_at("remove", &path))?;
                 false
             }
@@ -788,18 +831,8 @@ impl<'r> Applier<'r> {
                         .create(&path)
                         .map_err(io_at("create directory", &path))?;
                 }
-                self.chown_result(
-                    std::os::unix::fs::lchown(&path, Some(meta.uid), Some(meta.gid)),
-                    &path,
-                )?;
-                set_xattrs(XattrOn::Path(&path), &meta.xattrs)?;
-                self.dirs.insert(
-                    path.clone(),
-                    DirMeta {
-                        mode: meta.mode,
-                        mtime: meta.mtime,
-                    },
-                );
+                self.finish_dir(&path, meta)?;
+                return Ok(());
             }
             Kind::Symlink(target) => {
                 // Stored verbatim; it is never followed while applying.
@@ -844,6 +877,26 @@ impl<'r> Applier<'r> {
             }
         }
         self.record(&path);
+        Ok(())
+    }
+
+    /// Owner and xattrs of a directory entry now, its mode and times at
+    /// the end (its files are still to be written into it).
+    fn finish_dir(&mut self, path: &Path, meta: Meta) -> Result<(), ApplyError> {
+        self.chown_result(
+            std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)),
+            path,
+        )?;
+        set_xattrs(XattrOn::Path(path), &meta.xattrs)?;
+        self.dirs.insert(
+            path.to_path_buf(),
+            DirMeta {
+                mode: meta.mode,
+                mtime: meta.mtime,
+            },
+        );
+        self.known_dirs.insert(path.to_path_buf());
+        self.record(path);
         Ok(())
     }
 
@@ -937,8 +990,13 @@ impl<'r> Applier<'r> {
         let mut p = self.root.to_path_buf();
         for c in parents {
             p.push(c);
+            if self.known_dirs.contains(&p) {
+                continue;
+            }
             match fs::symlink_metadata(&p) {
-                Ok(md) if md.is_dir() => {}
+                Ok(md) if md.is_dir() => {
+                    self.known_dirs.insert(p.clone());
+                }
                 Ok(_) => {
                     return Err(ApplyError::NotADirectory {
                         entry: entry.to_owned(),
@@ -953,6 +1011,7 @@ impl<'r> Applier<'r> {
                     // Exactly 0755 whatever the umask, as a layer would say.
                     fs::set_permissions(&p, Permissions::from_mode(0o755))
                         .map_err(io_at("set mode of", &p))?;
+                    self.known_dirs.insert(p.clone());
                 }
                 Err(source) => {
                     return Err(ApplyError::Io {
@@ -975,6 +1034,7 @@ impl<'r> Applier<'r> {
         rest: &[u8],
         entry: &str,
     ) -> Result<(), ApplyError> {
+        self.known_dirs.clear();
         if base == WHITEOUT_OPAQUE {
             return self.clear_opaque(parent);
         }
@@ -1047,7 +1107,12 @@ impl<'r> Applier<'r> {
                 });
             }
         };
-        let resolved = resolve_components(self.root, comps.into_iter().map(Step::Name), entry)?;
+        let resolved = resolve_components(
+            self.root,
+            comps.into_iter().map(Step::Name),
+            entry,
+            &self.known_dirs,
+        )?;
         let p = join_all(self.root, &resolved);
         match fs::symlink_metadata(&p) {
             Ok(_) => Ok(p),

@@ -40,13 +40,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use rbuild_oci::{Digest, Hasher};
@@ -207,32 +207,112 @@ impl Snapshots {
         let work = WorkDir::new(&self.tmp)?;
         let target = work.path().join("layer");
         make_dir(&target, 0o755)?;
-        unpack(&target, diff_id, layer)?;
+        let raw = layer().map_err(SnapshotError::Open)?;
+        let actual = unpack(&target, raw)?;
+        if actual != *diff_id {
+            return Err(SnapshotError::DiffIdMismatch {
+                expected: *diff_id,
+                actual,
+            });
+        }
+        self.keep(work, &target, &dest)?;
+        Ok(dest)
+    }
+
+    /// A writer that passes everything to `inner` and unpacks the same
+    /// bytes (an uncompressed layer tar being written) on a thread of its
+    /// own, so the RUN that comes next finds the layer ready instead of
+    /// unpacking it then: writing and unpacking overlap. The layer is kept
+    /// under the diff ID its bytes hash to; see [`UnpackingWriter::finish`].
+    pub fn unpack_alongside<W: Write>(&self, inner: W) -> UnpackingWriter<W> {
+        let (tx, rx) = sync_channel::<Vec<u8>>(8);
+        let complete = Arc::new(AtomicBool::new(false));
+        let snapshots = self.clone();
+        let done = Arc::clone(&complete);
+        let thread = std::thread::Builder::new()
+            .name("rbuild-unpack".into())
+            .spawn(move || snapshots.unpack_new(rx, &done));
+        match thread {
+            Ok(handle) => UnpackingWriter {
+                inner: Some(inner),
+                buf: Vec::with_capacity(CHUNK),
+                tx: Some(tx),
+                thread: Some(handle),
+                complete,
+            },
+            // No thread: just a writer; the RUN unpacks the layer itself.
+            Err(_) => UnpackingWriter {
+                inner: Some(inner),
+                buf: Vec::new(),
+                tx: None,
+                thread: None,
+                complete,
+            },
+        }
+    }
+
+    /// Unpacks what arrives on `rx` as a new layer and keeps it, if the
+    /// writer says the stream was complete (a writer that failed halfway
+    /// leaves a prefix that must not become a layer).
+    fn unpack_new(
+        &self,
+        rx: Receiver<Vec<u8>>,
+        complete: &AtomicBool,
+    ) -> Result<Digest, SnapshotError> {
+        let work = WorkDir::new(&self.tmp)?;
+        let target = work.path().join("layer");
+        make_dir(&target, 0o755)?;
+        let reader = ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+            hasher: Hasher::new(),
+        };
+        let actual = unpack(&target, Box::new(reader))?;
+        // Set before the channel closed, so it is visible now.
+        if !complete.load(Ordering::Acquire) {
+            return Err(SnapshotError::Open(io::Error::other(
+                "the layer's writer stopped before its end",
+            )));
+        }
+        let dest = self.layers.join(actual.hex());
+        if is_dir(&dest)? {
+            return Ok(actual);
+        }
+        let _lock = self.lock(&format!("{}.lock", actual.hex()))?;
+        if !is_dir(&dest)? {
+            self.keep(work, &target, &dest)?;
+        }
+        Ok(actual)
+    }
+
+    /// Makes the unpacked `target` the layer `dest` (under its lock).
+    fn keep(&self, work: WorkDir, target: &Path, dest: &Path) -> Result<(), SnapshotError> {
         if self.flush {
             // Without a boot to scope it to, durable before it becomes
             // visible: after a system crash it is complete or absent.
-            let dir = File::open(&target).map_err(io_at("open", &target))?;
+            let dir = File::open(target).map_err(io_at("open", target))?;
             rustix::fs::syncfs(&dir).map_err(|e| SnapshotError::Io {
                 op: "sync",
-                path: target.clone(),
+                path: target.to_path_buf(),
                 source: e.into(),
             })?;
         }
-        match rename_noreplace(&target, &dest) {
+        match rename_noreplace(target, dest) {
             Ok(()) => {}
             // Someone unpacked it without our lock (an older rbuild, or a
             // lock directory that was cleared): theirs is as good.
-            Err(e) if (e == Errno::EXIST || e == Errno::NOTEMPTY) && is_dir(&dest)? => {}
+            Err(e) if (e == Errno::EXIST || e == Errno::NOTEMPTY) && is_dir(dest)? => {}
             Err(e) => {
                 return Err(SnapshotError::Io {
                     op: "move unpacked layer to",
-                    path: dest,
+                    path: dest.to_path_buf(),
                     source: e.into(),
                 });
             }
         }
         drop(work);
-        Ok(dest)
+        Ok(())
     }
 
     /// Fresh empty `upper`, `work` and `rootfs` directories for one run, on
@@ -464,12 +544,7 @@ struct Whiteout {
 /// whiteouts, which `apply_layer` does not materialise (in an empty
 /// directory they remove nothing). They are then made into overlay
 /// whiteouts and opaque markers.
-fn unpack(
-    target: &Path,
-    diff_id: &Digest,
-    open: &mut dyn FnMut() -> io::Result<Box<dyn Read>>,
-) -> Result<(), SnapshotError> {
-    let mut raw = open().map_err(SnapshotError::Open)?;
+fn unpack(target: &Path, mut raw: Box<dyn Read + '_>) -> Result<Digest, SnapshotError> {
     let mut magic = [0u8; 2];
     let n = crate::apply::read_prefix(&mut raw, &mut magic)
         .map_err(|source| ApplyError::Tar { source })?;
@@ -508,13 +583,100 @@ fn unpack(
     });
     applied?;
     let (whiteouts, actual) = checked.map_err(|source| ApplyError::Tar { source })?;
-    if actual != *diff_id {
-        return Err(SnapshotError::DiffIdMismatch {
-            expected: *diff_id,
-            actual,
-        });
+    make_overlay_whiteouts(target, &whiteouts)?;
+    Ok(actual)
+}
+
+/// How much an [`UnpackingWriter`] gathers before handing it over: one
+/// channel send per tar header would cost a thread wake-up each.
+const CHUNK: usize = 1 << 20;
+
+/// See [`Snapshots::unpack_alongside`].
+pub struct UnpackingWriter<W: Write> {
+    /// Always `Some` until `finish` takes it.
+    inner: Option<W>,
+    buf: Vec<u8>,
+    /// `None` once the unpacker is gone (it failed; it reports why).
+    tx: Option<SyncSender<Vec<u8>>>,
+    thread: Option<std::thread::JoinHandle<Result<Digest, SnapshotError>>>,
+    /// Set by `finish` once every byte is sent.
+    complete: Arc<AtomicBool>,
+}
+
+impl<W: Write> UnpackingWriter<W> {
+    fn send(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        if let Some(tx) = &self.tx
+            && tx.send(chunk).is_err()
+        {
+            self.tx = None;
+        }
     }
-    make_overlay_whiteouts(target, &whiteouts)
+
+    /// Ends the stream: returns the inner writer, and the diff ID under
+    /// which the unpacked layer is now kept (an error if unpacking
+    /// failed; the layer is then unpacked when a RUN needs it).
+    pub fn finish(mut self) -> (W, Result<Digest, SnapshotError>) {
+        self.send();
+        if self.tx.is_some() {
+            self.complete.store(true, Ordering::Release);
+        }
+        let unpacked = self.join();
+        let inner = match self.inner.take() {
+            Some(inner) => inner,
+            None => unreachable!("the writer is only taken here"),
+        };
+        (inner, unpacked)
+    }
+
+    /// Closes the stream and waits for the unpacker.
+    fn join(&mut self) -> Result<Digest, SnapshotError> {
+        self.tx = None;
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or_else(|_| {
+                Err(SnapshotError::Open(io::Error::other(
+                    "the unpacking thread panicked",
+                )))
+            }),
+            None => Err(SnapshotError::Open(io::Error::other(
+                "the layer was not unpacked alongside",
+            ))),
+        }
+    }
+}
+
+impl<W: Write> Write for UnpackingWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Err(io::Error::other("write after finish"));
+        };
+        let n = inner.write(data)?;
+        if self.tx.is_some() {
+            self.buf.extend_from_slice(&data[..n]);
+            if self.buf.len() >= CHUNK {
+                self.send();
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.inner.as_mut() {
+            Some(inner) => inner.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<W: Write> Drop for UnpackingWriter<W> {
+    /// A writer dropped early (its layer failed) stops the unpacker, whose
+    /// work directory goes with it, before anything else happens.
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
 }
 
 /// Passes a stream through, hashing it and sending a copy to a channel.
@@ -957,6 +1119,47 @@ mod tests {
         assert_eq!(fs::metadata(dir.join("o")).unwrap().mode() & 0o7777, 0o750);
         assert_eq!(fs::metadata(dir.join("a")).unwrap().mtime(), 1_000);
         // Nothing left in progress.
+        assert_eq!(fs::read_dir(tmp.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_layer_unpacked_while_written_is_the_one_lower_finds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snaps = Snapshots::open(tmp.path()).unwrap();
+        let (diff_id, tar) = whiteout_layer();
+        let mut writer = snaps.unpack_alongside(Vec::new());
+        // Small writes, as a tar builder makes them.
+        for piece in tar.chunks(700) {
+            writer.write_all(piece).unwrap();
+        }
+        let (written, unpacked) = writer.finish();
+        assert_eq!(written, tar, "the inner writer got every byte");
+        assert_eq!(unpacked.unwrap(), diff_id);
+        // lower() finds it: the layer is never opened again.
+        let calls = AtomicUsize::new(0);
+        let dir = snaps.lower(&diff_id, &mut opener(tar, &calls)).unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!(fs::read(dir.join("a/f")).unwrap(), b"f");
+        assert_eq!(fs::read(dir.join("o/new")).unwrap(), b"n");
+        let st = rustix::fs::lstat(dir.join("top")).unwrap();
+        assert_eq!(
+            FileType::from_raw_mode(st.st_mode),
+            FileType::CharacterDevice,
+            "whiteouts converted too"
+        );
+        assert_eq!(fs::read_dir(tmp.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_writer_that_stops_early_leaves_no_layer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let snaps = Snapshots::open(tmp.path()).unwrap();
+        let (_, tar) = whiteout_layer();
+        let mut writer = snaps.unpack_alongside(Vec::new());
+        // Whole tar members, so the prefix alone is a valid short archive.
+        writer.write_all(&tar[..1024]).unwrap();
+        drop(writer);
+        assert_eq!(fs::read_dir(tmp.path().join("layers")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(tmp.path().join("tmp")).unwrap().count(), 0);
     }
 

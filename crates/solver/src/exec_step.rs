@@ -44,6 +44,16 @@ const DEFAULT_RESOLV_CONF: &str = "nameserver 8.8.8.8\nnameserver 8.8.4.4\n";
 ///   same).
 pub(crate) const SNAPSHOTTER_ENV: &str = "RBUILD_SNAPSHOTTER";
 
+/// The layer store RUN steps mount from, when they mount layers (the
+/// overlay snapshotter); `None` without an executor or with copy snapshots.
+pub(crate) fn overlay_snapshots(options: &crate::BuildOptions) -> Option<Snapshots> {
+    let executor = options.executor.as_ref()?;
+    if snapshotter(&executor.snapshots).ok()? != Snapshotter::Overlay {
+        return None;
+    }
+    Snapshots::open(&executor.snapshots).ok()
+}
+
 /// How a RUN step gets its root filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Snapshotter {

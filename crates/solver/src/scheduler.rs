@@ -58,6 +58,9 @@ pub(crate) struct Shared {
     /// Each step's place, for explaining misses.
     slots: HashMap<NodeId, Digest>,
     dir_mtime: u64,
+    /// Nodes whose result a later RUN mounts: their layers are unpacked as
+    /// they are written.
+    feeds_run: HashSet<NodeId>,
     locks: PathBuf,
     /// Content digests of context files from earlier builds, loaded once.
     known: OnceLock<HashMap<PathBuf, (FileStamp, Digest)>>,
@@ -95,6 +98,7 @@ impl Shared {
     ) -> Shared {
         let jobs = options.jobs.max(1);
         Shared {
+            feeds_run: feeds_run(&graph),
             cells: (0..graph.len()).map(|_| OnceCell::new()).collect(),
             dir_mtime: options.source_date_epoch.unwrap_or(0),
             graph,
@@ -363,6 +367,7 @@ impl Shared {
             inputs,
             vertex: vertex.id,
             dir_mtime: self.dir_mtime,
+            feeds_run: self.feeds_run.contains(&node),
         };
         let layer = run
             .execute(node, base_layers, &mut fs, unpacked)
@@ -507,6 +512,25 @@ impl Shared {
 }
 
 /// The inputs of a node that are filesystems the scheduler builds.
+/// Every node on the base chain of a RUN: a RUN's root filesystem holds
+/// the layers of all of them.
+fn feeds_run(graph: &Graph) -> HashSet<NodeId> {
+    let mut feeding = HashSet::new();
+    for (_, node) in graph.nodes() {
+        if !matches!(node.op, Op::Exec(_)) {
+            continue;
+        }
+        let mut below = node.op.base();
+        while let Some(id) = below {
+            if !feeding.insert(id) {
+                break;
+            }
+            below = graph.node(id).op.base();
+        }
+    }
+    feeding
+}
+
 fn fs_inputs(graph: &Graph, node: NodeId) -> Vec<NodeId> {
     graph
         .node(node)
@@ -533,5 +557,74 @@ impl KeyLock {
             .open(dir.join(key.hex()))?;
         file.lock()?;
         Ok(KeyLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbuild_frontend::graph::{ContextOp, CopyOp, ExecOp};
+
+    fn copy(graph: &mut Graph, base: NodeId, source: NodeId) -> NodeId {
+        graph.add(
+            Op::Copy(CopyOp {
+                base,
+                source,
+                sources: vec![".".into()],
+                dest: "/".into(),
+                chown: None,
+                chmod: None,
+                unpack: false,
+                exclude: Vec::new(),
+                parents: false,
+            }),
+            None,
+        )
+    }
+
+    fn run(graph: &mut Graph, base: NodeId) -> NodeId {
+        graph.add(
+            Op::Exec(ExecOp {
+                base,
+                args: vec!["true".into()],
+                env: Vec::new(),
+                cwd: "/".into(),
+                user: None,
+                network: "default".into(),
+                security: "sandbox".into(),
+                mounts: Vec::new(),
+                files: Vec::new(),
+            }),
+            None,
+        )
+    }
+
+    #[test]
+    fn layers_below_a_run_are_the_ones_unpacked_while_written() {
+        let mut g = Graph::default();
+        let scratch = g.add(Op::Scratch, None);
+        let context = g.add(
+            Op::Context(ContextOp {
+                name: "context".into(),
+                include: Vec::new(),
+                exclude: Vec::new(),
+            }),
+            None,
+        );
+        // builder: COPY, RUN, COPY (the last COPY has no RUN above it).
+        let c1 = copy(&mut g, scratch, context);
+        let r1 = run(&mut g, c1);
+        let c2 = copy(&mut g, r1, context);
+        // final: COPY --from=builder, then a RUN.
+        let f1 = copy(&mut g, scratch, c2);
+        let f2 = run(&mut g, f1);
+        let feeding = feeds_run(&g);
+        for id in [scratch, c1, f1] {
+            assert!(feeding.contains(&id), "{id:?}");
+        }
+        // No RUN runs on r1 or c2 (c2 is only copied from), f2 is the top.
+        for id in [context, r1, c2, f2] {
+            assert!(!feeding.contains(&id), "{id:?}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use rbuild_exec::basefs::{BaseFs, Owner, UserError};
 use rbuild_exec::copy::{CopySpec, copy_entries};
 use rbuild_exec::layer::{Entry, EntryKind, LayerWriter};
 use rbuild_exec::patterns::PatternMatcher;
+use rbuild_exec::snapshot::Snapshots;
 use rbuild_frontend::{CopyOp, Graph, MkdirOp, NodeId, Op};
 use rbuild_oci::{BlobStore, Descriptor, Digest, media_type};
 
@@ -38,6 +39,8 @@ pub(crate) struct Run<'a> {
     pub(crate) vertex: VertexId,
     /// Modification time of directories the build creates.
     pub(crate) dir_mtime: u64,
+    /// A later RUN mounts this step's result.
+    pub(crate) feeds_run: bool,
 }
 
 impl Run<'_> {
@@ -99,7 +102,11 @@ impl Run<'_> {
         if entries.is_empty() {
             return Ok(None);
         }
-        let (descriptor, diff_id) = write_layer(self.store, entries)
+        let unpack_into = self
+            .feeds_run
+            .then(|| crate::exec_step::overlay_snapshots(self.options))
+            .flatten();
+        let (descriptor, diff_id) = write_layer(self.store, entries, unpack_into.as_ref())
             .map_err(|source| BuildError::Layer { line, source })?;
         let layer = self
             .store
@@ -454,14 +461,37 @@ fn mkdir_entries(mkdir: &MkdirOp, fs: &BaseFs, mtime: u64) -> Result<Vec<Entry>,
 }
 
 /// Writes a layer into the store; returns its descriptor and diff ID.
-fn write_layer(store: &ContentStore, entries: &[Entry]) -> std::io::Result<(Descriptor, Digest)> {
+/// With `snapshots`, the layer is unpacked there at the same time, for the
+/// RUN that will mount it.
+fn write_layer(
+    store: &ContentStore,
+    entries: &[Entry],
+    snapshots: Option<&Snapshots>,
+) -> std::io::Result<(Descriptor, Digest)> {
     // Uncompressed, the blob is the tar stream: its digest is the diff ID
     // the writer computes.
-    let mut writer = LayerWriter::new(store.ingest_prehashed()?);
-    for entry in entries {
-        writer.add(entry)?;
-    }
-    let (diff_id, _, ingest) = writer.finish()?;
+    let (diff_id, ingest) = match snapshots {
+        None => {
+            let mut writer = LayerWriter::new(store.ingest_prehashed()?);
+            for entry in entries {
+                writer.add(entry)?;
+            }
+            let (diff_id, _, ingest) = writer.finish()?;
+            (diff_id, ingest)
+        }
+        Some(snapshots) => {
+            let mut writer =
+                LayerWriter::new(snapshots.unpack_alongside(store.ingest_prehashed()?));
+            for entry in entries {
+                writer.add(entry)?;
+            }
+            let (diff_id, _, unpacking) = writer.finish()?;
+            // A failed unpack costs nothing but time: the RUN that needs
+            // the layer unpacks it from the blob.
+            let (ingest, _unpacked) = unpacking.finish();
+            (diff_id, ingest)
+        }
+    };
     let size = ingest.commit(&diff_id)?;
     Ok((
         Descriptor::new(media_type::OCI_LAYER, diff_id, size),
