@@ -67,13 +67,25 @@ pub struct Entry {
 /// Writes a layer tar to `W`, hashing it on the way.
 pub struct LayerWriter<W: Write> {
     builder: tar::Builder<HashingWriter<W>>,
+    /// No entry's mtime is later than this (SOURCE_DATE_EPOCH).
+    latest: Option<u64>,
 }
 
 impl<W: Write> LayerWriter<W> {
     pub fn new(out: W) -> LayerWriter<W> {
         LayerWriter {
             builder: tar::Builder::new(HashingWriter::new(out)),
+            latest: None,
         }
+    }
+
+    /// Clamps modification times to `epoch` (seconds), as BuildKit's
+    /// `rewrite-timestamp` does with SOURCE_DATE_EPOCH: files a build
+    /// writes then have the same times on every machine, older files keep
+    /// theirs.
+    pub fn clamp_mtimes(mut self, epoch: Option<u64>) -> LayerWriter<W> {
+        self.latest = epoch;
+        self
     }
 
     /// Appends one entry.
@@ -82,7 +94,7 @@ impl<W: Write> LayerWriter<W> {
         header.set_mode(entry.mode & 0o7777);
         header.set_uid(entry.uid);
         header.set_gid(entry.gid);
-        header.set_mtime(entry.mtime);
+        header.set_mtime(self.latest.map_or(entry.mtime, |e| entry.mtime.min(e)));
         header.set_size(0);
         let mut pax: Vec<(String, &[u8])> = Vec::new();
         let name = match entry.kind {

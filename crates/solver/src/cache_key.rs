@@ -109,7 +109,11 @@ pub(crate) fn step_key(
         }
         _ => Value::Null,
     };
-    let key_json = json!({ "v": 1, "op": canonical, "content": content });
+    let mut key_json = json!({ "v": 1, "op": canonical, "content": content });
+    // SOURCE_DATE_EPOCH clamps the times in the layer: another result.
+    if let Some(epoch) = shared.options.source_date_epoch {
+        key_json["source_date_epoch"] = json!(epoch);
+    }
     Ok(StepKey {
         key: Digest::of(key_json.to_string().as_bytes()),
         facts,

@@ -106,7 +106,8 @@ impl Run<'_> {
             .feeds_run
             .then(|| crate::exec_step::overlay_snapshots(self.options))
             .flatten();
-        let (descriptor, diff_id) = write_layer(self.store, entries, unpack_into.as_ref())
+        let epoch = self.options.source_date_epoch;
+        let (descriptor, diff_id) = write_layer(self.store, entries, epoch, unpack_into.as_ref())
             .map_err(|source| BuildError::Layer { line, source })?;
         let layer = self
             .store
@@ -461,18 +462,19 @@ fn mkdir_entries(mkdir: &MkdirOp, fs: &BaseFs, mtime: u64) -> Result<Vec<Entry>,
 }
 
 /// Writes a layer into the store; returns its descriptor and diff ID.
-/// With `snapshots`, the layer is unpacked there at the same time, for the
-/// RUN that will mount it.
+/// With `epoch`, no mtime is later than it. With `snapshots`, the layer is
+/// unpacked there at the same time, for the RUN that will mount it.
 fn write_layer(
     store: &ContentStore,
     entries: &[Entry],
+    epoch: Option<u64>,
     snapshots: Option<&Snapshots>,
 ) -> std::io::Result<(Descriptor, Digest)> {
     // Uncompressed, the blob is the tar stream: its digest is the diff ID
     // the writer computes.
     let (diff_id, ingest) = match snapshots {
         None => {
-            let mut writer = LayerWriter::new(store.ingest_prehashed()?);
+            let mut writer = LayerWriter::new(store.ingest_prehashed()?).clamp_mtimes(epoch);
             for entry in entries {
                 writer.add(entry)?;
             }
@@ -481,7 +483,8 @@ fn write_layer(
         }
         Some(snapshots) => {
             let mut writer =
-                LayerWriter::new(snapshots.unpack_alongside(store.ingest_prehashed()?));
+                LayerWriter::new(snapshots.unpack_alongside(store.ingest_prehashed()?))
+                    .clamp_mtimes(epoch);
             for entry in entries {
                 writer.add(entry)?;
             }
