@@ -92,9 +92,6 @@ pub enum ApplyError {
     /// The entry has a tar type we do not know how to apply.
     #[error("layer entry {entry:?} has an unsupported type: {kind}")]
     UnsupportedEntry { entry: String, kind: String },
-    /// The layer uses a compression we cannot read.
-    #[error("{format} layers are not supported yet")]
-    UnsupportedCompression { format: &'static str },
     /// A filesystem operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -117,18 +114,16 @@ const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
 const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";
 const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// containerd bounds times to what a Go `time.Time` in nanoseconds since
 /// the epoch can hold, and maps anything outside `[epoch, max]` to the epoch.
 const MAX_TIME_SECS: i64 = i64::MAX / 1_000_000_000;
 /// Copy buffer for regular-file contents.
 const COPY_BUF: usize = 64 * 1024;
 
-/// Applies one layer (uncompressed or gzip tar) onto `root`, which must exist.
+/// Applies one layer (a plain, gzip or zstd tar) onto `root`, which must
+/// exist.
 ///
-/// The compression is detected from the first bytes of the stream (gzip
-/// `1f 8b`; zstd `28 b5 2f fd` is recognised and refused). The whole input
+/// The compression is detected from the first bytes of the stream. The whole input
 /// is consumed, trailing padding included, so a digest computed over the
 /// stream by the caller covers every byte and a gzip trailer is verified.
 pub fn apply_layer(root: &Path, mut layer: impl Read) -> Result<ApplyStats, ApplyError> {
@@ -140,19 +135,9 @@ pub fn apply_layer(root: &Path, mut layer: impl Read) -> Result<ApplyStats, Appl
             source: io::Error::from(io::ErrorKind::NotADirectory),
         });
     }
-    let mut magic = [0u8; 4];
-    let n = read_prefix(&mut layer, &mut magic).map_err(|source| ApplyError::Tar { source })?;
-    let head = magic.get(..n).unwrap_or_default();
-    // Put the sniffed bytes back in front of the rest of the stream.
-    let stream = head.chain(layer);
-    if head.starts_with(&GZIP_MAGIC) {
-        // Multi-member: concatenated gzip members are one valid gzip stream.
-        apply_tar(root, flate2::read::MultiGzDecoder::new(stream))
-    } else if head == ZSTD_MAGIC {
-        Err(ApplyError::UnsupportedCompression { format: "zstd" })
-    } else {
-        apply_tar(root, stream)
-    }
+    let stream =
+        crate::compression::decompress(&mut layer).map_err(|source| ApplyError::Tar { source })?;
+    apply_tar(root, stream)
 }
 
 /// Resolves `path` (relative to `root`, as a layer entry names it) inside
@@ -1744,17 +1729,6 @@ mod tests {
         bad[n - 5] ^= 0xff;
         let (_base, root) = scratch();
         assert!(matches!(apply(&root, &bad), Err(ApplyError::Tar { .. })));
-    }
-
-    #[test]
-    fn apply_zstd_is_refused_clearly() {
-        let (_base, root) = scratch();
-        let err = apply(&root, &[0x28, 0xb5, 0x2f, 0xfd, 0, 0]).unwrap_err();
-        assert!(matches!(
-            err,
-            ApplyError::UnsupportedCompression { format: "zstd" }
-        ));
-        assert_eq!(err.to_string(), "zstd layers are not supported yet");
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl BaseFs {
 
     /// Applies one layer (uncompressed or gzip) on top of what is known.
     pub fn apply_layer(&mut self, layer: impl Read) -> io::Result<()> {
-        let mut archive = tar::Archive::new(decompress(layer)?);
+        let mut archive = tar::Archive::new(crate::compression::decompress(layer)?);
         let mut removals = Vec::new();
         let mut additions = Vec::new();
         for entry in archive.entries()? {
@@ -427,22 +427,6 @@ fn join(dir: &str, name: &str) -> String {
 fn normalize(raw: &str) -> Option<String> {
     let path = rbuild_oci::path::clean(raw);
     (!path.is_empty()).then_some(path)
-}
-
-/// Wraps a layer stream in a gzip decoder when it starts with gzip's magic.
-pub fn decompress<'a>(layer: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
-    let mut reader = BufReader::with_capacity(1 << 16, layer);
-    let magic = reader.fill_buf()?;
-    if magic.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::read::MultiGzDecoder::new(reader)))
-    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "zstd-compressed layers are not supported yet",
-        ))
-    } else {
-        Ok(Box::new(reader))
-    }
 }
 
 #[cfg(test)]

@@ -350,7 +350,7 @@ fn is_archive(path: &Path) -> bool {
     let Ok(file) = fs::File::open(path) else {
         return false;
     };
-    let Ok(mut reader) = crate::basefs::decompress(file) else {
+    let Ok(mut reader) = crate::compression::decompress(file) else {
         return false;
     };
     let mut header = [0u8; 512];

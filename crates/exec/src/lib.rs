@@ -7,9 +7,11 @@
 //!   for decisions such as "is the destination an existing directory?" and
 //!   user and group lookups.
 //! - [`apply`]: safe extraction of layers onto a directory.
+//! - [`compression`]: reading gzip, zstd or plain layers alike.
 
 pub mod apply;
 pub mod basefs;
+pub mod compression;
 pub mod container;
 pub mod copy;
 pub mod diff;

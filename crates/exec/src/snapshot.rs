@@ -60,7 +60,6 @@ pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
 const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// A `tmp/` entry without a lock file is only removed when older than this
 /// (it may be one a live process is just creating).
 const STALE_UNLOCKED_AGE: Duration = Duration::from_secs(3600);
@@ -545,16 +544,8 @@ struct Whiteout {
 /// directory they remove nothing). They are then made into overlay
 /// whiteouts and opaque markers.
 fn unpack(target: &Path, mut raw: Box<dyn Read + '_>) -> Result<Digest, SnapshotError> {
-    let mut magic = [0u8; 2];
-    let n = crate::apply::read_prefix(&mut raw, &mut magic)
-        .map_err(|source| ApplyError::Tar { source })?;
-    let head = magic.get(..n).unwrap_or_default();
-    let stream = head.chain(raw);
-    let tar: Box<dyn Read + '_> = if head == GZIP_MAGIC {
-        Box::new(flate2::read::MultiGzDecoder::new(stream))
-    } else {
-        Box::new(stream)
-    };
+    let tar =
+        crate::compression::decompress(&mut raw).map_err(|source| ApplyError::Tar { source })?;
 
     let (tx, rx) = sync_channel::<Vec<u8>>(16);
     let (applied, checked) = std::thread::scope(|scope| {

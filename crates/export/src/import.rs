@@ -412,20 +412,20 @@ fn verify_layer(
     let mut magic = [0u8; 4];
     let n = rbuild_exec::apply::read_prefix(&mut file, &mut magic)
         .map_err(ExportError::blob(digest))?;
-    let (media_type, uncompressed) = match &magic[..n] {
-        [0x1f, 0x8b, ..] => {
-            let file = store.open(digest).map_err(ExportError::blob(digest))?;
-            let diff = Digest::of_reader(flate2::read::GzDecoder::new(file))
-                .map_err(ExportError::blob(digest))?;
-            (media_type::OCI_LAYER_GZIP, Some(diff))
-        }
-        // zstd: no decoder here yet, so the diff ID is trusted.
-        [0x28, 0xb5, 0x2f, 0xfd] => (media_type::OCI_LAYER_ZSTD, None),
-        _ => (media_type::OCI_LAYER, Some(*digest)),
+    let media_type = match &magic[..n] {
+        [0x1f, 0x8b, ..] => media_type::OCI_LAYER_GZIP,
+        [0x28, 0xb5, 0x2f, 0xfd] => media_type::OCI_LAYER_ZSTD,
+        _ => media_type::OCI_LAYER,
     };
-    if let Some(actual) = uncompressed
-        && actual != *diff_id
-    {
+    let actual = if media_type == media_type::OCI_LAYER {
+        *digest
+    } else {
+        let file = store.open(digest).map_err(ExportError::blob(digest))?;
+        let layer =
+            rbuild_exec::compression::decompress(file).map_err(ExportError::blob(digest))?;
+        Digest::of_reader(layer).map_err(ExportError::blob(digest))?
+    };
+    if actual != *diff_id {
         return Err(ExportError::Invalid(format!(
             "{path}: layer content is {actual} but the image config says {diff_id}"
         )));

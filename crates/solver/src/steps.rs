@@ -338,7 +338,7 @@ enum Touch {
 }
 
 fn layer_touch(layer: impl std::io::Read, prefixes: &[String]) -> std::io::Result<Touch> {
-    let mut archive = tar::Archive::new(rbuild_exec::basefs::decompress(
+    let mut archive = tar::Archive::new(rbuild_exec::compression::decompress(
         std::io::BufReader::with_capacity(1 << 20, layer),
     )?);
     let mut touch = Touch::No;
