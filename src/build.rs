@@ -5,7 +5,7 @@ use rbuild_export::{
     ImageRef, Target, load_image, write_docker_archive, write_oci_layout, write_rootfs_dir,
     write_rootfs_tar,
 };
-use rbuild_oci::Reference;
+use rbuild_oci::{Descriptor, Reference};
 use rbuild_solver::{BuildOptions, BuiltImage, CachePolicy, Executor, ImageRecord, Root, build};
 use serde_json::json;
 
@@ -37,19 +37,29 @@ pub fn run(root: &Root, args: BuildArgs, config: &Config) -> Result<()> {
                 *push |= args.push;
             }
         }
-    } else if args.push || outputs.is_empty() {
+    } else if args.push || (outputs.is_empty() && !args.load) {
         outputs.push(Output::Image {
             names: Vec::new(),
             push: args.push,
+            layers: crate::output::registry_default(),
         });
     }
     for output in &outputs {
-        if let Output::Image { names, push: true } = output
+        if let Output::Image {
+            names, push: true, ..
+        } = output
             && names.is_empty()
             && tags.is_empty()
         {
             bail!("pushing needs an image name: give -t NAME (or name= in --output)");
         }
+    }
+    if args.load {
+        // Before building: a missing CLI or engine should not cost a build.
+        docker_cli(
+            &["version", "--format", "{{.Server.Version}}"],
+            "the Docker engine did not answer",
+        )?;
     }
     let mut secrets = std::collections::HashMap::new();
     for spec in &args.secrets {
@@ -141,8 +151,16 @@ pub fn run(root: &Root, args: BuildArgs, config: &Config) -> Result<()> {
         }
     };
 
+    // What an export or push wrote, with its layers compressed: its
+    // manifest is what --metadata-file reports, as BuildKit's does.
+    let mut exported = None;
     for output in &outputs {
-        export(root, &built, &tags, output, &progress, config)?;
+        if let Some(manifest) = export(root, &built, &tags, output, &progress, config)? {
+            exported.get_or_insert(manifest);
+        }
+    }
+    if args.load {
+        load_into_docker(root, &built, &tags, &progress)?;
     }
     for report in crate::registry::push_caches(root, config, &built.cache_manifests)? {
         for (name, digest, _) in &report.pushed {
@@ -158,10 +176,11 @@ pub fn run(root: &Root, args: BuildArgs, config: &Config) -> Result<()> {
     }
     if let Some(path) = &args.metadata_file {
         let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        let manifest = exported.as_ref().unwrap_or(&built.manifest);
         let mut metadata = json!({
             "containerimage.config.digest": image_id,
-            "containerimage.digest": built.manifest.digest.to_string(),
-            "containerimage.descriptor": built.manifest,
+            "containerimage.digest": manifest.digest.to_string(),
+            "containerimage.descriptor": manifest,
         });
         if !names.is_empty() {
             metadata["image.name"] = json!(names.join(","));
@@ -188,7 +207,8 @@ fn export(
     output: &Output,
     progress: &crate::progress::Progress,
     config: &Config,
-) -> Result<()> {
+) -> Result<Option<Descriptor>> {
+    let mut exported = None;
     let with_names = |extra: &[String]| -> Result<Vec<Reference>> {
         let mut names = tags.to_vec();
         for n in extra {
@@ -204,7 +224,11 @@ fn export(
         Dest::Stdout => Target::Stdout,
     };
     match output {
-        Output::Image { names, push } => {
+        Output::Image {
+            names,
+            push,
+            layers,
+        } => {
             let names = with_names(names)?;
             let size = image(Vec::new())?
                 .manifest
@@ -224,33 +248,52 @@ fn export(
             }
             if *push {
                 let registry = crate::registry::client(config)?;
-                let report = crate::registry::push(root, &registry, &built.manifest, &names)
-                    .with_context(|| {
-                        format!(
-                            "pushing {}",
-                            names
-                                .iter()
-                                .map(|n| n.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    })?;
-                for (name, digest, _) in &report.pushed {
+                let report =
+                    crate::registry::push(root, &registry, &built.manifest, &names, *layers)
+                        .with_context(|| {
+                            format!(
+                                "pushing {}",
+                                names
+                                    .iter()
+                                    .map(|n| n.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        })?;
+                for (name, digest, size) in &report.pushed {
                     progress.message(&format!("pushing {name} done: {digest}"));
+                    exported = Some(Descriptor::new(
+                        rbuild_oci::media_type::OCI_MANIFEST,
+                        *digest,
+                        *size,
+                    ));
                 }
                 progress.message(&crate::registry::summary(&report));
             }
         }
-        Output::Docker { dest, names } => {
-            write_docker_archive(&root.content, &[image(with_names(names)?)?], &target(dest))?;
+        Output::Docker {
+            dest,
+            names,
+            layers,
+        } => {
+            let image = crate::layers::convert(root, &image(with_names(names)?)?, *layers)?;
+            exported = Some(image.manifest_descriptor.clone());
+            write_docker_archive(&root.content, &[image], &target(dest))?;
             say_exported(progress, "docker archive", dest);
         }
-        Output::Oci { dest, tar, names } => {
+        Output::Oci {
+            dest,
+            tar,
+            names,
+            layers,
+        } => {
             let target = match (tar, dest) {
                 (false, Dest::Path(p)) => Target::Directory(p.clone()),
                 _ => target(dest),
             };
-            write_oci_layout(&root.content, &[image(with_names(names)?)?], &target)?;
+            let image = crate::layers::convert(root, &image(with_names(names)?)?, *layers)?;
+            exported = Some(image.manifest_descriptor.clone());
+            write_oci_layout(&root.content, &[image], &target)?;
             say_exported(progress, "OCI layout", dest);
         }
         Output::Local { dest } => {
@@ -267,7 +310,7 @@ fn export(
             say_exported(progress, "root filesystem tarball", dest);
         }
     }
-    Ok(())
+    Ok(exported)
 }
 
 fn say_exported(progress: &crate::progress::Progress, what: &str, dest: &Dest) {
@@ -275,4 +318,56 @@ fn say_exported(progress: &crate::progress::Progress, what: &str, dest: &Dest) {
         Dest::Path(p) => progress.message(&format!("exporting {what} to {} done", p.display())),
         Dest::Stdout => progress.message(&format!("exporting {what} to standard output done")),
     }
+}
+
+/// `--load`: the image, with the `-t` names, as a docker-save tarball in
+/// the root's scratch directory, loaded with `docker load` (the archive
+/// writer has no target for a pipe).
+fn load_into_docker(
+    root: &Root,
+    built: &BuiltImage,
+    tags: &[Reference],
+    progress: &crate::progress::Progress,
+) -> Result<()> {
+    let image = load_image(&root.content, built.manifest.clone(), tags.to_vec())?;
+    let file = root
+        .tmp_dir()
+        .join(format!("docker-load-{}.tar", built.config_digest.short()));
+    write_docker_archive(&root.content, &[image], &Target::Tar(file.clone()))
+        .context("--load: writing the docker archive")?;
+    let file_arg = file.to_string_lossy();
+    let loaded = docker_cli(
+        &["load", "-q", "-i", &file_arg],
+        "loading the image into Docker failed",
+    );
+    let _ = std::fs::remove_file(&file);
+    for line in loaded?.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        progress.message(line);
+    }
+    Ok(())
+}
+
+/// Runs the docker CLI found on PATH (so DOCKER_HOST, DOCKER_CONTEXT and
+/// its config apply as for the user) and returns its standard output; a
+/// failure carries `what`, docker's exit status and its standard error.
+fn docker_cli(args: &[&str], what: &str) -> Result<String> {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                anyhow!("--load needs the docker CLI, and there is no `docker` on PATH")
+            }
+            _ => anyhow!("--load: running docker: {e}"),
+        })?;
+    if !out.status.success() {
+        bail!(
+            "--load: {what}: `docker {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -64,6 +64,8 @@ pub enum Command {
     /// Tools for looking inside a build
     #[command(subcommand)]
     Debug(DebugCommand),
+    /// Show the history of an image
+    History(crate::history::HistoryArgs),
     /// Show an image's config as JSON
     Inspect {
         #[arg(required = true, value_name = "IMAGE")]
@@ -166,6 +168,9 @@ pub struct BuildArgs {
     /// Push the image to its registry (as --output type=registry)
     #[arg(long)]
     pub push: bool,
+    /// Load the image into the Docker engine (as --output type=docker, through the docker CLI)
+    #[arg(long)]
+    pub load: bool,
     /// Do not use cache for these stages (names or indexes; repeatable, comma-separated)
     #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
     pub no_cache_filter: Vec<String>,
@@ -211,8 +216,8 @@ pub struct BuildArgs {
 }
 
 const SUBCOMMANDS: &[&str] = &[
-    "build", "check", "debug", "images", "rmi", "tag", "save", "load", "inspect", "du", "prune",
-    "pull", "push", "login", "logout", "help",
+    "build", "check", "debug", "images", "rmi", "tag", "save", "load", "inspect", "history", "du",
+    "prune", "pull", "push", "login", "logout", "help",
 ];
 
 /// Inserts `build` when the first word that is not a global option is not

@@ -37,7 +37,7 @@ fn find(root: &Root, arg: &str) -> Result<Vec<ImageRecord>> {
         .collect())
 }
 
-fn find_one(root: &Root, arg: &str) -> Result<ImageRecord> {
+pub(crate) fn find_one(root: &Root, arg: &str) -> Result<ImageRecord> {
     let mut found = find(root, arg)?;
     match found.len() {
         0 => bail!("no such image: {arg}"),

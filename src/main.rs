@@ -7,6 +7,8 @@ mod commands;
 mod config;
 mod diagnostic;
 mod disk;
+mod history;
+mod layers;
 mod output;
 mod prepare;
 mod progress;
@@ -93,6 +95,7 @@ fn run(cli: Cli) -> Result<()> {
             commands::load(&root, input.as_deref(), quiet)
         }
         Command::Inspect { images } => commands::inspect(&root, &images),
+        Command::History(args) => history::run(&root, &args),
         Command::Pull { image, quiet } => registry::pull_command(&root, &config, &image, quiet),
         Command::Push { images } => registry::push_command(&root, &config, &images),
         Command::Login {

@@ -4,20 +4,31 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use rbuild_export::LayerCompression;
+use rbuild_export::compress::Compression;
 
 /// Where a build's result goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// rbuild's own image store (the default), and with `push` the
-    /// names' registries too.
-    Image { names: Vec<String>, push: bool },
+    /// names' registries too (layers compressed as `layers` says).
+    Image {
+        names: Vec<String>,
+        push: bool,
+        layers: LayerCompression,
+    },
     /// A docker-save tarball (file, or stdout for `-`).
-    Docker { dest: Dest, names: Vec<String> },
+    Docker {
+        dest: Dest,
+        names: Vec<String>,
+        layers: LayerCompression,
+    },
     /// An OCI layout: a tarball, or a directory with `tar=false`.
     Oci {
         dest: Dest,
         tar: bool,
         names: Vec<String>,
+        layers: LayerCompression,
     },
     /// The root filesystem in a directory.
     Local { dest: PathBuf },
@@ -43,6 +54,14 @@ impl Dest {
 
 const TYPES: &str = "image, registry, docker, oci, local, tar";
 
+/// What `--push` and `rbuild push` use: gzip, as docker push does.
+pub fn registry_default() -> LayerCompression {
+    LayerCompression {
+        compression: Compression::gzip(),
+        force: false,
+    }
+}
+
 impl Output {
     pub fn parse(spec: &str) -> Result<Output> {
         if spec == "-" {
@@ -58,6 +77,9 @@ impl Output {
         let mut tar = true;
         let mut names = Vec::new();
         let mut push = false;
+        let mut compression: Option<String> = None;
+        let mut level: Option<String> = None;
+        let mut force = false;
         for field in split_csv(spec)? {
             let Some((key, value)) = field.split_once('=') else {
                 bail!("invalid output {spec:?}: {field:?} is not key=value");
@@ -85,13 +107,38 @@ impl Output {
                         _ => bail!("invalid output {spec:?}: push must be true or false"),
                     }
                 }
+                "compression" => compression = Some(value.to_string()),
+                "compression-level" => level = Some(value.to_string()),
+                "force-compression" => {
+                    force = match value {
+                        "true" => true,
+                        "false" => false,
+                        _ => bail!(
+                            "invalid output {spec:?}: force-compression must be true or false"
+                        ),
+                    }
+                }
                 other => bail!(
-                    "invalid output {spec:?}: unknown key {other:?} (known: type, dest, tar, name, push)"
+                    "invalid output {spec:?}: unknown key {other:?} (known: type, dest, tar, name, push, compression, compression-level, force-compression)"
                 ),
             }
         }
         let Some(kind) = kind else {
             bail!("invalid output {spec:?}: missing type= ({TYPES})")
+        };
+        // gzip for OCI layouts and registries, uncompressed for docker
+        // archives, as BuildKit does.
+        let default = match kind.as_str() {
+            "docker" => "uncompressed",
+            _ => "gzip",
+        };
+        let layers = LayerCompression {
+            compression: Compression::parse(
+                compression.as_deref().unwrap_or(default),
+                level.as_deref(),
+            )
+            .map_err(|e| anyhow::anyhow!("invalid output {spec:?}: {e}"))?,
+            force,
         };
         let need_dest = |dest: Option<String>| -> Result<Dest> {
             match dest {
@@ -100,19 +147,33 @@ impl Output {
             }
         };
         Ok(match kind.as_str() {
-            "image" => Output::Image { names, push },
+            "image" => Output::Image {
+                names,
+                push,
+                layers,
+            },
             // buildx: type=registry is type=image,push=true.
-            "registry" => Output::Image { names, push: true },
+            "registry" => Output::Image {
+                names,
+                push: true,
+                layers,
+            },
             "docker" => Output::Docker {
                 dest: need_dest(dest)?,
                 names,
+                layers,
             },
             "oci" => {
                 let dest = need_dest(dest)?;
                 if !tar && dest == Dest::Stdout {
                     bail!("output type=oci,tar=false needs a directory as dest");
                 }
-                Output::Oci { dest, tar, names }
+                Output::Oci {
+                    dest,
+                    tar,
+                    names,
+                    layers,
+                }
             }
             "local" => match need_dest(dest)? {
                 Dest::Path(p) => Output::Local { dest: p },
@@ -152,11 +213,16 @@ mod tests {
 
     #[test]
     fn parses_buildx_specs() {
+        let plain = LayerCompression {
+            compression: Compression::Uncompressed,
+            force: false,
+        };
         assert_eq!(
             Output::parse("type=docker,dest=out.tar").unwrap(),
             Output::Docker {
                 dest: Dest::Path("out.tar".into()),
-                names: vec![]
+                names: vec![],
+                layers: plain,
             }
         );
         assert_eq!(
@@ -164,9 +230,27 @@ mod tests {
             Output::Oci {
                 dest: Dest::Path("dir".into()),
                 tar: false,
-                names: vec![]
+                names: vec![],
+                layers: registry_default(),
             }
         );
+        assert_eq!(
+            Output::parse(
+                "type=oci,dest=o.tar,compression=zstd,compression-level=19,force-compression=true"
+            )
+            .unwrap(),
+            Output::Oci {
+                dest: Dest::Path("o.tar".into()),
+                tar: true,
+                names: vec![],
+                layers: LayerCompression {
+                    compression: Compression::Zstd { level: 19 },
+                    force: true,
+                },
+            }
+        );
+        assert!(Output::parse("type=oci,dest=o,compression=lz4").is_err());
+        assert!(Output::parse("type=oci,dest=o,compression=gzip,compression-level=99").is_err());
         assert_eq!(
             Output::parse("out").unwrap(),
             Output::Local { dest: "out".into() }
@@ -179,7 +263,8 @@ mod tests {
             Output::parse(r#"type=image,"name=a:1,b:2""#).unwrap(),
             Output::Image {
                 names: vec!["a:1".into(), "b:2".into()],
-                push: false
+                push: false,
+                layers: registry_default(),
             }
         );
         assert_eq!(

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use rbuild_export::registry::{
     Credential, CredentialStore, MountSources, Pulled, PushReport, Registry,
 };
+use rbuild_export::{LayerCompression, load_image};
 use rbuild_oci::{BlobStore, Descriptor, Digest, Manifest, Platform, Reference};
 use rbuild_solver::{CacheBlobs, CacheImport, ContentStore, ImageRecord, ImportedCache, Root};
 
@@ -88,16 +89,40 @@ fn layers_size(root: &Root, manifest: &Descriptor) -> u64 {
         .unwrap_or(0)
 }
 
-/// Pushes the image `manifest` to every target.
+/// Pushes the image `manifest` to every target, its layers compressed as
+/// `layers` says.
 pub fn push(
     root: &Root,
     registry: &Registry,
     manifest: &Descriptor,
     targets: &[Reference],
+    layers: LayerCompression,
 ) -> Result<PushReport> {
+    let image = load_image(&root.content, manifest.clone(), Vec::new())?;
+    let image = crate::layers::convert(root, &image, layers)?;
+    push_as_is(
+        root,
+        registry,
+        &image.manifest_descriptor,
+        targets,
+        Some(layers),
+    )
+}
+
+/// Pushes a manifest and its blobs as they are in the store. `layers`
+/// says how pushed images' layers are compressed, to find them in other
+/// repositories (`None`: as stored).
+fn push_as_is(
+    root: &Root,
+    registry: &Registry,
+    manifest: &Descriptor,
+    targets: &[Reference],
+    layers: Option<LayerCompression>,
+) -> Result<PushReport> {
+    let memory = crate::layers::Memory::open(root)?;
     let mut sources = MountSources::new();
     for target in targets {
-        mount_sources(root, target.domain(), &mut sources);
+        mount_sources(root, target.domain(), &memory, layers, &mut sources);
     }
     Ok(block_on(registry.push(
         &root.content,
@@ -119,8 +144,15 @@ pub fn summary(report: &PushReport) -> String {
 }
 
 /// Which repositories of `domain` hold each blob, from the images in the
-/// store named there (they were pulled from or pushed to it).
-fn mount_sources(root: &Root, domain: &str, sources: &mut MountSources) {
+/// store named there (they were pulled from or pushed to it): their blobs
+/// as stored, and the compressed forms `layers` gives them on a push.
+fn mount_sources(
+    root: &Root,
+    domain: &str,
+    memory: &crate::layers::Memory,
+    layers: Option<LayerCompression>,
+    sources: &mut MountSources,
+) {
     let Ok(records) = root.images.list() else {
         return;
     };
@@ -134,11 +166,21 @@ fn mount_sources(root: &Root, domain: &str, sources: &mut MountSources) {
         let Ok(manifest) = stored_manifest(root, &record.manifest) else {
             continue;
         };
-        for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
-            let paths = sources.entry(blob.digest).or_default();
-            let path = record.name.path().to_string();
+        let path = record.name.path().to_string();
+        let mut blobs: Vec<Digest> = std::iter::once(&manifest.config)
+            .chain(&manifest.layers)
+            .map(|b| b.digest)
+            .collect();
+        if let Some(layers) = layers
+            && let Ok(image) = load_image(&root.content, record.manifest.clone(), Vec::new())
+        {
+            let known = rbuild_export::remembered_layers(&image, layers, memory);
+            blobs.extend(known.iter().map(|l| l.digest));
+        }
+        for digest in blobs {
+            let paths = sources.entry(digest).or_default();
             if !paths.contains(&path) {
-                paths.push(path);
+                paths.push(path.clone());
             }
         }
     }
@@ -166,7 +208,13 @@ pub fn push_command(root: &Root, config: &Config, images: &[String]) -> Result<(
             .images
             .get(&reference)?
             .ok_or_else(|| anyhow!("no such image: {image}"))?;
-        let report = push(root, &registry, &record.manifest, &[reference])?;
+        let report = push(
+            root,
+            &registry,
+            &record.manifest,
+            &[reference],
+            crate::output::registry_default(),
+        )?;
         // What docker push prints, for scripts that read it.
         for (target, digest, size) in &report.pushed {
             let name = target
@@ -323,12 +371,27 @@ fn open_registry_cache(
         return Ok(None);
     };
     let config = root.content.read_all(&manifest.config.digest)?;
+    // An image's layers are also known by their diff IDs: an inline cache
+    // names the uncompressed layers the build made, the registry has them
+    // compressed.
+    let diff_ids: Vec<Digest> = serde_json::from_slice::<rbuild_oci::ImageConfig>(&config)
+        .map(|c| c.rootfs.diff_ids)
+        .unwrap_or_default();
+    let by_diff_id = if diff_ids.len() == manifest.layers.len() {
+        diff_ids
+            .into_iter()
+            .zip(manifest.layers.iter().cloned())
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let blobs = Box::new(RegistryBlobs {
         layers: manifest
             .layers
             .iter()
             .map(|l| (l.digest, l.clone()))
             .collect(),
+        by_diff_id,
         registry,
         reference: reference.clone(),
     });
@@ -346,20 +409,36 @@ struct RegistryBlobs {
     registry: Arc<Registry>,
     reference: Reference,
     layers: HashMap<Digest, Descriptor>,
+    /// An image's compressed layers by their uncompressed digest.
+    by_diff_id: HashMap<Digest, Descriptor>,
 }
 
 impl CacheBlobs for RegistryBlobs {
     fn has_blob(&self, digest: &Digest) -> bool {
-        self.layers.contains_key(digest)
+        self.layers.contains_key(digest) || self.by_diff_id.contains_key(digest)
     }
 
     fn fetch(&self, digest: &Digest, store: &ContentStore) -> std::io::Result<()> {
-        let Some(blob) = self.layers.get(digest) else {
+        if let Some(blob) = self.layers.get(digest) {
+            return self.pull(blob, store);
+        }
+        let Some(blob) = self.by_diff_id.get(digest) else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 format!("{digest} is not in the cache {}", self.reference),
             ));
         };
+        // The uncompressed layer the cache record names, from the
+        // registry's compressed one, checked against its diff ID.
+        self.pull(blob, store)?;
+        let compressed = store.open(&blob.digest)?;
+        let mut tar = rbuild_exec::compression::decompress(compressed)?;
+        store.write(&mut tar, Some(digest)).map(drop)
+    }
+}
+
+impl RegistryBlobs {
+    fn pull(&self, blob: &Descriptor, store: &ContentStore) -> std::io::Result<()> {
         // The solver calls this from its own runtime's threads: a thread of
         // our own keeps the two runtimes apart.
         let fetched = std::thread::scope(|s| {
@@ -389,7 +468,8 @@ pub fn push_caches(
         .iter()
         .map(|(reference, manifest)| {
             let target = Reference::parse(reference)?;
-            push(root, &registry, manifest, &[target])
+            // The cache's layers go as they are: its records name them.
+            push_as_is(root, &registry, manifest, &[target], None)
                 .with_context(|| format!("exporting the cache to {reference}"))
         })
         .collect()

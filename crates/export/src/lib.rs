@@ -6,6 +6,8 @@
 //! on the solver's content store without knowing where it lives.
 
 mod archive;
+pub mod compress;
+mod convert;
 mod error;
 mod image;
 mod import;
@@ -14,6 +16,9 @@ mod rootfs;
 pub mod registry;
 
 pub use archive::Target;
+pub use convert::{
+    ConvertedLayers, LayerCompression, NoMemory, convert_image, remembered_layers,
+};
 pub use error::ExportError;
 pub use image::{ImageRef, load_image};
 pub use import::{Imported, import, import_reader};

@@ -24,7 +24,7 @@ use crate::checksum::FileStamp;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Bumped when [`SCHEMA`] changes (stored as SQLite's `user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cache (
@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS source_sums (
 CREATE TABLE IF NOT EXISTS explain (
     slot  TEXT PRIMARY KEY,       -- a step's place: context, Dockerfile, stage, index
     facts TEXT NOT NULL           -- JSON, see crate::explain
+);
+CREATE TABLE IF NOT EXISTS converted_layers (
+    diff_id    TEXT NOT NULL,     -- the uncompressed layer
+    kind       TEXT NOT NULL,     -- its compression: gzip-6, zstd-3, ...
+    descriptor TEXT NOT NULL,     -- JSON: the compressed blob's descriptor
+    PRIMARY KEY (diff_id, kind)
 );
 ";
 
@@ -397,6 +403,39 @@ impl Metadata {
                 }
             }
             tx.commit()
+        })
+    }
+
+    /// A layer already compressed as `kind` (export and push reuse it).
+    pub fn converted_layer(
+        &self,
+        diff_id: &Digest,
+        kind: &str,
+    ) -> Result<Option<Descriptor>, MetadataError> {
+        let d = diff_id.to_string();
+        let json: Option<String> = self.with(|c| {
+            c.prepare_cached(
+                "SELECT descriptor FROM converted_layers WHERE diff_id = ?1 AND kind = ?2",
+            )?
+            .query_row([&d, kind], |r| r.get(0))
+            .optional()
+        })?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    pub fn put_converted_layer(
+        &self,
+        diff_id: &Digest,
+        kind: &str,
+        descriptor: &Descriptor,
+    ) -> Result<(), MetadataError> {
+        let json = serde_json::to_string(descriptor).unwrap_or_default();
+        self.with(|c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO converted_layers (diff_id, kind, descriptor) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![diff_id.to_string(), kind, json])
+            .map(drop)
         })
     }
 
