@@ -416,27 +416,15 @@ fn serve_client(shared: &Shared, client: TcpStream, stopping: &AtomicBool) -> io
                     None,
                 )?
             }
-            Some(Fault::Truncate(cut)) => {
-                let body_fault = BodyFault {
-                    cut,
-                    pause: None,
-                    stopping,
+            Some(fault @ (Fault::Truncate(_) | Fault::StallBody { .. })) => {
+                let (cut, pause) = match fault {
+                    Fault::StallBody { cut, pause } => (cut, Some(pause)),
+                    Fault::Truncate(cut) => (cut, None),
+                    _ => unreachable!("matched above"),
                 };
-                forward(
-                    shared,
-                    index,
-                    &head,
-                    framing,
-                    &mut reader,
-                    &mut writer,
-                    keep_alive,
-                    Some(body_fault),
-                )?
-            }
-            Some(Fault::StallBody { cut, pause }) => {
                 let body_fault = BodyFault {
                     cut,
-                    pause: Some(pause),
+                    pause,
                     stopping,
                 };
                 forward(
