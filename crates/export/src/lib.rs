@@ -12,13 +12,11 @@ mod error;
 mod image;
 mod import;
 mod layout;
-mod rootfs;
 pub mod registry;
+mod rootfs;
 
 pub use archive::Target;
-pub use convert::{
-    ConvertedLayers, LayerCompression, NoMemory, convert_image, remembered_layers,
-};
+pub use convert::{ConvertedLayers, LayerCompression, NoMemory, convert_image, remembered_layers};
 pub use error::ExportError;
 pub use image::{ImageRef, load_image};
 pub use import::{Imported, import, import_reader};
