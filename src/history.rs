@@ -39,6 +39,19 @@ struct Row {
     comment: String,
 }
 
+/// What docker shows as a layer's SIZE: the bytes of the files it holds
+/// (regular files, and symlinks by their target's length, as the daemon's
+/// directory walk counts them; a hard link counts once), not the size of
+/// the (maybe compressed) tarball.
+fn content_size(root: &Root, layer: &rbuild_oci::Descriptor) -> Result<u64> {
+    let blob = root
+        .content
+        .open(&layer.digest)
+        .with_context(|| format!("reading layer {}", layer.digest))?;
+    rbuild_exec::layer::content_size(blob)
+        .with_context(|| format!("reading layer {}", layer.digest))
+}
+
 /// Only the history of the config is needed; a hand-made config that
 /// lacks other fields still shows.
 #[derive(serde::Deserialize)]
@@ -63,7 +76,11 @@ pub fn run(root: &Root, args: &HistoryArgs) -> Result<()> {
             .with_context(|| format!("reading the image config of {}", args.image))?,
     )
     .with_context(|| format!("the image config of {}", args.image))?;
-    let layer_sizes: Vec<u64> = manifest.layers.iter().map(|l| l.size).collect();
+    let layer_sizes: Vec<u64> = manifest
+        .layers
+        .iter()
+        .map(|l| content_size(root, l))
+        .collect::<Result<_>>()?;
     let rows = rows(&config.history, &layer_sizes, &record.config.to_string());
 
     let trunc = !args.no_trunc;

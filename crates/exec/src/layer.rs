@@ -64,6 +64,24 @@ pub struct Entry {
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
+/// The bytes of the files a layer (plain, gzip or zstd tar) holds: its
+/// regular files, and its symlinks by their target's length, as the Docker
+/// daemon's directory walk counts a layer's size (what `docker history`
+/// shows). Hard links add nothing: their file is counted once.
+pub fn content_size(layer: impl io::Read) -> io::Result<u64> {
+    let mut archive = tar::Archive::new(crate::compression::decompress(layer)?);
+    let mut total = 0u64;
+    for entry in archive.entries()? {
+        let entry = entry?;
+        total += match entry.header().entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => entry.size(),
+            tar::EntryType::Symlink => entry.link_name_bytes().map_or(0, |t| t.len() as u64),
+            _ => 0,
+        };
+    }
+    Ok(total)
+}
+
 /// Writes a layer tar to `W`, hashing it on the way.
 pub struct LayerWriter<W: Write> {
     builder: tar::Builder<HashingWriter<W>>,
