@@ -204,6 +204,14 @@ impl Rule {
     }
 }
 
+/// What the proxy does with a request after its fault, if any.
+enum Action<'a> {
+    /// The fault answered it; the registry never saw it.
+    Answered,
+    /// Forwarded to the registry, the response body maybe cut or paused.
+    Forward(Option<BodyFault<'a>>),
+}
+
 /// One request the proxy received.
 #[derive(Clone, Debug)]
 pub struct SeenRequest {
@@ -370,22 +378,14 @@ fn serve_client(shared: &Shared, client: TcpStream, stopping: &AtomicBool) -> io
         if expects_continue {
             writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
-        let keep_going = match fault {
-            None => forward(
-                shared,
-                index,
-                &head,
-                framing,
-                &mut reader,
-                &mut writer,
-                keep_alive,
-                None,
-            )?,
+        // Faults that answer instead of the registry; the others forward,
+        // maybe late, maybe with the body cut or paused.
+        let action = match fault {
             Some(Fault::Status(status)) => {
                 http::copy_body(&mut reader, &mut io::sink(), framing)?;
                 send_error(&mut writer, head.method(), status, None, keep_alive)?;
                 shared.set_status(index, status);
-                keep_alive
+                Action::Answered
             }
             Some(Fault::TooManyRequests { retry_after }) => {
                 http::copy_body(&mut reader, &mut io::sink(), framing)?;
@@ -397,47 +397,42 @@ fn serve_client(shared: &Shared, client: TcpStream, stopping: &AtomicBool) -> io
                     keep_alive,
                 )?;
                 shared.set_status(index, 429);
-                keep_alive
+                Action::Answered
             }
             Some(Fault::Close) => {
                 http::copy_body(&mut reader, &mut io::sink(), framing)?;
-                false
+                writer.flush()?;
+                let _ = writer.shutdown(Shutdown::Both);
+                return Ok(());
             }
             Some(Fault::Stall(pause)) => {
                 http::sleep_unless_stopping(pause, stopping);
-                forward(
-                    shared,
-                    index,
-                    &head,
-                    framing,
-                    &mut reader,
-                    &mut writer,
-                    keep_alive,
-                    None,
-                )?
+                Action::Forward(None)
             }
-            Some(fault @ (Fault::Truncate(_) | Fault::StallBody { .. })) => {
-                let (cut, pause) = match fault {
-                    Fault::StallBody { cut, pause } => (cut, Some(pause)),
-                    Fault::Truncate(cut) => (cut, None),
-                    _ => unreachable!("matched above"),
-                };
-                let body_fault = BodyFault {
-                    cut,
-                    pause,
-                    stopping,
-                };
-                forward(
-                    shared,
-                    index,
-                    &head,
-                    framing,
-                    &mut reader,
-                    &mut writer,
-                    keep_alive,
-                    Some(body_fault),
-                )?
-            }
+            Some(Fault::Truncate(cut)) => Action::Forward(Some(BodyFault {
+                cut,
+                pause: None,
+                stopping,
+            })),
+            Some(Fault::StallBody { cut, pause }) => Action::Forward(Some(BodyFault {
+                cut,
+                pause: Some(pause),
+                stopping,
+            })),
+            None => Action::Forward(None),
+        };
+        let keep_going = match action {
+            Action::Answered => keep_alive,
+            Action::Forward(body_fault) => forward(
+                shared,
+                index,
+                &head,
+                framing,
+                &mut reader,
+                &mut writer,
+                keep_alive,
+                body_fault,
+            )?,
         };
         writer.flush()?;
         if !keep_going {
