@@ -1,0 +1,326 @@
+"""The three builders, behind one interface: what "cold", "cached" and
+"cache-from" mean for each, the commands of a build, an export or a push,
+and how to read the files and config of what it built.
+
+Every tool gets the same treatment: a cold step starts from an empty
+build cache with the busybox base already present; a cached step reuses
+whatever the tool's earlier steps left; images are named
+bench/WORKLOAD:TOOL in the tool's own store."""
+import io
+import json
+import os
+import shutil
+import tarfile
+
+from .common import BenchError, clean_env, quiet, run
+from .images import files_from_layers, scan_layer
+
+DOCKER = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else "docker"
+
+
+class Tool:
+    name = "?"
+    sample_daemon = False  # whether the work happens in a daemon whose growth we sample
+
+    def __init__(self, work):
+        self.work = work
+        self.iidfile = os.path.join(work, f"{self.name}.iid")
+
+    def image_id(self):
+        with open(self.iidfile) as f:
+            return f.read().strip()
+
+    def fresh_iidfile(self):
+        if os.path.exists(self.iidfile):
+            os.unlink(self.iidfile)
+
+    def cleanup(self, base):
+        """Leaves the tool's store as it was before the run (the base stays)."""
+        self.reset(base)
+
+
+class Docker(Tool):
+    """docker build with BuildKit (DOCKER_BUILDKIT=1, the engine's own
+    BuildKit, no buildx: Debian's docker.io has none), docker save,
+    skopeo for OCI layouts, inline cache for --cache-from."""
+    name = "docker"
+    sample_daemon = True
+
+    def __init__(self, work):
+        super().__init__(work)
+        self.env = clean_env(DOCKER_BUILDKIT="1")
+        self.images = set()  # image IDs our builds made, removed by reset()
+        self.tags = set()
+
+    def version(self):
+        out = run([DOCKER, "version", "--format", "{{.Server.Version}}"], capture=True)
+        return "docker engine " + out.decode().strip()
+
+    def reset(self, base):
+        """No image of ours, an empty build cache (BuildKit's cache of
+        contexts too); the base image stays."""
+        for ref in sorted(self.tags) + sorted(self.images):
+            quiet([DOCKER, "rmi", "-f", ref])
+        self.images.clear()
+        self.tags.clear()
+        run([DOCKER, "builder", "prune", "-af"], "docker builder prune")
+
+    def build(self, ctx, tag, cold, cache_to=False, cache_from=None, export=None):
+        self.fresh_iidfile()
+        self.tags.add(tag)
+        cmd = [DOCKER, "build", "--progress=plain", "--network=none", "-t", tag, "--iidfile", self.iidfile]
+        if cold:
+            cmd.append("--no-cache")
+        if cache_to:
+            # docker without buildx exports cache inline only (mode=min).
+            cmd += ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
+        if cache_from:
+            cmd += ["--cache-from", cache_from]
+        cmds = [cmd + [ctx]]
+        if export:
+            cmds += self.export(tag, *export, ctx=ctx)
+        return cmds
+
+    def export(self, tag, kind, dest, ctx=None):
+        if kind == "docker-archive":
+            return [[DOCKER, "save", "-o", dest, tag]]
+        if kind == "oci-gzip":
+            # The engine has no OCI export without buildx; skopeo reads the
+            # image from the daemon and gzips its layers.
+            return [["skopeo", "copy", "-q", "--insecure-policy", f"docker-daemon:{tag}", f"oci:{dest}:latest"]]
+        raise BenchError(f"docker: unknown export {kind}")
+
+    def push(self, tag, ref):
+        self.tags.add(ref)
+        return ([[DOCKER, "tag", tag, ref]], [[DOCKER, "push", "-q", ref]])
+
+    def after_build(self):
+        image = self.image_id()
+        self.images.add(image)
+        return image
+
+    def cache_plan(self, cache_repo):
+        """(what --cache-to gets, what --cache-from gets): inline cache in
+        the image config, read back from the image pushed there."""
+        ref = cache_repo + ":inline"
+        return ref, ref
+
+    def publish_cache(self, tag, cache_to):
+        """Untimed, after a build with cache_to: inline cache travels with the image."""
+        self.tags.add(cache_to)
+        run([DOCKER, "tag", tag, cache_to], "docker tag (inline cache)")
+        run([DOCKER, "push", "-q", cache_to], "docker push (inline cache)")
+
+    def files(self, image, paths):
+        script = "tar -cf - " + " ".join(f"'{p}'" for p in paths) + " 2>/dev/null; true"
+        out = run([DOCKER, "run", "--rm", "--pull=never", "--network=none", "--entrypoint", "sh",
+                   image, "-c", script], f"docker run {image}", capture=True)
+        files = {}
+        with tarfile.open(fileobj=io.BytesIO(out)) as t:
+            for m in t:
+                if m.isfile():
+                    files["/" + m.name.lstrip("/")] = t.extractfile(m).read()
+        return files
+
+    def config(self, image):
+        return json.loads(run([DOCKER, "image", "inspect", "--format", "{{json .Config}}", image],
+                              f"docker inspect {image}", capture=True))
+
+    def diff_ids(self, image):
+        return json.loads(run([DOCKER, "image", "inspect", "--format", "{{json .RootFS.Layers}}", image],
+                              f"docker inspect {image}", capture=True))
+
+    def load_archive(self, archive):
+        """Loads a docker-save archive into the engine (the proof that it loads)."""
+        out = run([DOCKER, "load", "-i", archive], f"docker load -i {archive}", capture=True).decode()
+        names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Loaded image")]
+        if not names:
+            raise BenchError(f"docker load of {archive} named no image: {out}")
+        for n in names:
+            self.tags.add(n)
+        return names[0]
+
+
+class Buildah(Tool):
+    """buildah bud with --layers (its build cache), pushes to
+    docker-archive:, oci: and docker:// (gzip), --cache-to/--cache-from
+    a registry repository."""
+    name = "buildah"
+
+    def __init__(self, work):
+        super().__init__(work)
+        self.env = clean_env()
+        self.base_id = None
+
+    def version(self):
+        return run(["buildah", "--version"], capture=True).decode().strip()
+
+    def reset(self, base):
+        """Every image but the base gone (intermediate layers and pulled
+        cache images too), no working container."""
+        quiet(["buildah", "rm", "--all"])
+        out = run(["buildah", "images", "-a", "-q", "--no-trunc"], "buildah images", capture=True).decode()
+        base_id = run(["buildah", "inspect", "--type", "image", "--format", "{{.FromImageID}}", base],
+                      "buildah inspect base", capture=True).decode().strip()
+        for image in out.split():
+            if image.split(":")[-1] != base_id.split(":")[-1]:
+                quiet(["buildah", "rmi", "-f", image])
+
+    def build(self, ctx, tag, cold, cache_to=None, cache_from=None, export=None):
+        self.fresh_iidfile()
+        cmd = ["buildah", "bud", "--layers", "--network", "none", "--tls-verify=false",
+               "-t", tag, "--iidfile", self.iidfile]
+        if cold:
+            cmd.append("--no-cache")
+        if cache_to:
+            cmd += ["--cache-to", cache_to]
+        if cache_from:
+            cmd += ["--cache-from", cache_from]
+        cmds = [cmd + [ctx]]
+        if export:
+            cmds += self.export(tag, *export, ctx=ctx)
+        return cmds
+
+    def export(self, tag, kind, dest, ctx=None):
+        if kind == "docker-archive":
+            return [["buildah", "push", "-q", tag, f"docker-archive:{dest}:{tag}"]]
+        if kind == "oci-gzip":
+            return [["buildah", "push", "-q", tag, f"oci:{dest}:latest"]]
+        raise BenchError(f"buildah: unknown export {kind}")
+
+    def push(self, tag, ref):
+        return ([], [["buildah", "push", "-q", "--tls-verify=false", tag, f"docker://{ref}"]])
+
+    def after_build(self):
+        return self.image_id()
+
+    def cache_plan(self, cache_repo):
+        """buildah's --cache-to pushes each layer to a repository; --cache-from reads it."""
+        return cache_repo, cache_repo
+
+    def publish_cache(self, tag, cache_to):
+        pass  # the build pushed it
+
+    def files(self, image, paths):
+        ctr = run(["buildah", "from", "--pull=never", image], f"buildah from {image}", capture=True).decode().strip()
+        try:
+            mnt = run(["buildah", "mount", ctr], f"buildah mount {ctr}", capture=True).decode().strip()
+            files = {}
+            for p in paths:
+                full = os.path.join(mnt, p.lstrip("/"))
+                if os.path.isfile(full) and not os.path.islink(full):
+                    with open(full, "rb") as f:
+                        files[p] = f.read()
+            return files
+        finally:
+            quiet(["buildah", "umount", ctr])
+            quiet(["buildah", "rm", ctr])
+
+    def config(self, image):
+        out = json.loads(run(["buildah", "inspect", "--type", "image", image], f"buildah inspect {image}",
+                             capture=True))
+        return out["OCIv1"].get("config", {})
+
+    def diff_ids(self, image):
+        out = json.loads(run(["buildah", "inspect", "--type", "image", image], f"buildah inspect {image}",
+                             capture=True))
+        return out["OCIv1"]["rootfs"]["diff_ids"]
+
+
+class Rbuild(Tool):
+    """rbuild with its own root: cold means a new root with the base loaded."""
+    name = "rbuild"
+
+    def __init__(self, work, binary, base_layout):
+        super().__init__(work)
+        self.binary = binary
+        self.base_layout = base_layout
+        self.env = clean_env()
+        self.root = None
+        self.roots = 0
+
+    def version(self):
+        return run([self.binary, "--version"], capture=True).decode().strip()
+
+    def reset(self, base):
+        if self.root:
+            shutil.rmtree(self.root)
+        self.roots += 1
+        self.root = os.path.join(self.work, f"rbuild-root-{self.roots}")
+        run([self.binary, "--root", self.root, "load", "-i", self.base_layout], "rbuild load (base)")
+
+    def cleanup(self, base):
+        if self.root:
+            shutil.rmtree(self.root)
+            self.root = None
+
+    def cmd(self, *args):
+        return [self.binary, "--root", self.root] + list(args)
+
+    def build(self, ctx, tag, cold, cache_to=None, cache_from=None, export=None):
+        self.fresh_iidfile()
+        cmd = self.cmd("build", "--network", "none", "--progress=plain", "-t", tag, "--iidfile", self.iidfile)
+        if cold:
+            cmd.append("--no-cache")
+        if cache_to:
+            cmd += ["--cache-to", f"type=registry,ref={cache_to},mode=max"]
+        if cache_from:
+            cmd += ["--cache-from", f"type=registry,ref={cache_from}"]
+        if export:
+            kind, dest = export
+            if kind == "docker-archive":
+                cmd += ["-o", f"type=docker,dest={dest}"]
+            elif kind == "oci-gzip":
+                cmd += ["-o", f"type=oci,dest={dest},tar=false,compression=gzip"]
+            else:
+                raise BenchError(f"rbuild: unknown export {kind}")
+        return [cmd + [ctx]]
+
+    def export(self, tag, kind, dest, ctx=None):
+        if kind == "docker-archive":
+            return [self.cmd("save", "-o", dest, tag)]
+        if kind == "oci-gzip":
+            # rbuild exports OCI layouts from a build: this one is all cache hits.
+            return self.build(ctx, tag, cold=False, export=(kind, dest))
+        raise BenchError(f"rbuild: unknown export {kind}")
+
+    def push(self, tag, ref):
+        return ([self.cmd("tag", tag, ref)], [self.cmd("push", ref)])
+
+    def after_build(self):
+        return self.image_id()
+
+    def cache_plan(self, cache_repo):
+        """A registry cache export, mode=max, in its own repository."""
+        return cache_repo + ":cache", cache_repo + ":cache"
+
+    def publish_cache(self, tag, cache_to):
+        pass  # the build pushed it
+
+    def inspect(self, image):
+        return json.loads(run(self.cmd("inspect", image), f"rbuild inspect {image}", capture=True))[0]
+
+    def files(self, image, paths):
+        """From the layers in rbuild's content store (uncompressed, by diff
+        ID); from `rbuild save` when a layer is stored by another name."""
+        diff_ids = self.inspect(image)["rootfs"]["diff_ids"]
+        layers = [os.path.join(self.root, "blobs", "sha256", d.split(":", 1)[1]) for d in diff_ids]
+        if all(os.path.exists(p) for p in layers):
+            return files_from_layers(layers, paths)
+        saved = os.path.join(self.work, "rbuild-verify.tar")
+        run(self.cmd("save", "-o", saved, image), f"rbuild save {image}")
+        try:
+            want, files, gone = set(paths), {}, set()
+            with tarfile.open(saved) as outer:
+                manifest = json.load(outer.extractfile("manifest.json"))
+                for layer in reversed(manifest[0]["Layers"]):
+                    scan_layer(outer.extractfile(layer), want, files, gone)
+            return files
+        finally:
+            os.unlink(saved)
+
+    def config(self, image):
+        return self.inspect(image).get("config", {})
+
+    def diff_ids(self, image):
+        return self.inspect(image)["rootfs"]["diff_ids"]
