@@ -190,7 +190,10 @@ def svg(data):
             by = y + i * bar_h
             out.append(f'<rect x="{label_w}" y="{by}" width="{x(r) - label_w:.1f}" height="{bar_h - 2}" '
                        f'fill="{colors[tool]}"><title>rbuild / {tool}: {r:.3f}</title></rect>')
-            out.append(f'<text x="{x(r) + 4:.1f}" y="{by + bar_h - 3}" font-size="11">{r:.2f}</text>')
+            end = x(r)
+            if tool == "docker" and s.get("target") is not None and abs(x(s["target"]) - end) < 30:
+                end = max(end, x(s["target"]) + 2)  # keep the label clear of the target mark
+            out.append(f'<text x="{end + 4:.1f}" y="{by + bar_h - 3}" font-size="11">{r:.2f}</text>')
         if s.get("target") is not None:
             tx = x(s["target"])
             out.append(f'<line x1="{tx:.1f}" y1="{y - 2}" x2="{tx:.1f}" y2="{y + bar_h}" stroke="black" '
