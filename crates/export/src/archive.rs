@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use rbuild_oci::{BlobStore, Digest};
@@ -29,7 +29,7 @@ pub(crate) enum Sink {
         root: PathBuf,
     },
     Tar {
-        builder: tar::Builder<Box<dyn Write>>,
+        builder: tar::Builder<TarOut>,
         file: Option<(tempfile_like::Temp, PathBuf)>,
         dirs: HashSet<String>,
     },
@@ -101,7 +101,7 @@ impl Sink {
             Target::Tar(path) => {
                 let (temp, file) = tempfile_like::Temp::create_beside(path)
                     .map_err(ExportError::io(format!("creating {}", path.display())))?;
-                let out: Box<dyn Write> = Box::new(BufWriter::with_capacity(1 << 20, file));
+                let out = TarOut::File(BufWriter::with_capacity(1 << 20, file));
                 Ok(Sink::Tar {
                     builder: tar::Builder::new(out),
                     file: Some((temp, path.clone())),
@@ -109,7 +109,7 @@ impl Sink {
                 })
             }
             Target::Stdout => {
-                let out: Box<dyn Write> = Box::new(BufWriter::with_capacity(1 << 20, io::stdout()));
+                let out = TarOut::Stdout(BufWriter::with_capacity(1 << 20, io::stdout()));
                 Ok(Sink::Tar {
                     builder: tar::Builder::new(out),
                     file: None,
@@ -171,8 +171,22 @@ impl Sink {
                 let src = store.open(digest).map_err(ExportError::blob(digest))?;
                 let size = src.metadata().map_err(ExportError::blob(digest))?.len();
                 let mut header = file_header(size);
-                builder
-                    .append_data(&mut header, &name, src)
+                if header.set_path(&name).is_err() {
+                    // Not a ustar name: let the tar crate write its GNU
+                    // long-name entry (digests' names always fit).
+                    return builder
+                        .append_data(&mut header, &name, src)
+                        .map_err(ExportError::blob(digest));
+                }
+                header.set_cksum();
+                // The same bytes `append_data` writes, but the content is
+                // copied by the kernel (copy_file_range into a file, splice
+                // into a pipe) instead of through 8 KiB buffers. The blob is
+                // not hashed again: the store verified it when it was
+                // written, and its name is its digest.
+                let out = builder.get_mut();
+                out.write_all(header.as_bytes())
+                    .and_then(|()| out.append_exact(src, size))
                     .map_err(ExportError::blob(digest))
             }
         }
@@ -210,8 +224,62 @@ fn file_header(size: u64) -> tar::Header {
     header
 }
 
+/// The tar stream of an export: a file, or standard output.
+pub(crate) enum TarOut {
+    File(BufWriter<File>),
+    Stdout(BufWriter<io::Stdout>),
+}
+
+impl TarOut {
+    /// Appends exactly `len` bytes of `src` (from its start), padded to a
+    /// tar block. `io::copy` between these concrete types lets the kernel
+    /// move the bytes (copy_file_range, sendfile or splice, after flushing
+    /// the buffer), and falls back to reading and writing where it cannot.
+    fn append_exact(&mut self, src: File, len: u64) -> io::Result<()> {
+        let mut src = src.take(len);
+        let copied = match self {
+            TarOut::File(out) => io::copy(&mut src, out)?,
+            TarOut::Stdout(out) => io::copy(&mut src, out)?,
+        };
+        if copied != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the blob has {copied} bytes, not {len}"),
+            ));
+        }
+        let partial = (len % 512) as usize;
+        if partial != 0 {
+            self.write_all(&[0; 512][partial..])?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for TarOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            TarOut::File(out) => out.write(buf),
+            TarOut::Stdout(out) => out.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            TarOut::File(out) => out.write_all(buf),
+            TarOut::Stdout(out) => out.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            TarOut::File(out) => out.flush(),
+            TarOut::Stdout(out) => out.flush(),
+        }
+    }
+}
+
 fn add_parent_dirs(
-    builder: &mut tar::Builder<Box<dyn Write>>,
+    builder: &mut tar::Builder<TarOut>,
     dirs: &mut HashSet<String>,
     name: &str,
 ) -> Result<(), ExportError> {
