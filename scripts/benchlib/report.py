@@ -148,7 +148,7 @@ def svg(data):
     """A horizontal bar chart on a log scale: per step, rbuild's time over
     docker's and over buildah's, with the target and parity."""
     rows = list(measured_steps(data))
-    lo, hi = 0.01, 3.0
+    lo, hi = 0.005, 3.0
     label_w, plot_w, right = 360, 470, 60
     bar_h, gap, top = 13, 12, 70
     width = label_w + plot_w + right
