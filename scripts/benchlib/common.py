@@ -69,3 +69,15 @@ def tail(path, n=4000):
             return f.read()[-n:].decode(errors="replace")
     except OSError:
         return ""
+
+
+def stop_process(proc, grace):
+    """Stops a service we started: SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

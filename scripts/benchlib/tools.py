@@ -38,6 +38,22 @@ class Tool:
         """Leaves the tool's store as it was before the run (the base stays)."""
         self.reset(base)
 
+    def build(self, ctx, tag, cold, cache_to=None, cache_from=None, export=None):
+        """The commands of a build step: the build, then the export of its
+        image when the step has one (docker and buildah; rbuild's differ)."""
+        self.fresh_iidfile()
+        cmd = self.build_command(tag)
+        if cold:
+            cmd.append("--no-cache")
+        if cache_to:
+            cmd += self.cache_to_args(cache_to)
+        if cache_from:
+            cmd += ["--cache-from", cache_from]
+        cmds = [cmd + [ctx]]
+        if export:
+            cmds += self.export(tag, *export, ctx=ctx)
+        return cmds
+
 
 class Docker(Tool):
     """docker build with BuildKit (DOCKER_BUILDKIT=1, the engine's own
@@ -65,21 +81,13 @@ class Docker(Tool):
         self.tags.clear()
         run([DOCKER, "builder", "prune", "-af"], "docker builder prune")
 
-    def build(self, ctx, tag, cold, cache_to=False, cache_from=None, export=None):
-        self.fresh_iidfile()
+    def build_command(self, tag):
         self.tags.add(tag)
-        cmd = [DOCKER, "build", "--progress=plain", "--network=none", "-t", tag, "--iidfile", self.iidfile]
-        if cold:
-            cmd.append("--no-cache")
-        if cache_to:
-            # docker without buildx exports cache inline only (mode=min).
-            cmd += ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
-        if cache_from:
-            cmd += ["--cache-from", cache_from]
-        cmds = [cmd + [ctx]]
-        if export:
-            cmds += self.export(tag, *export, ctx=ctx)
-        return cmds
+        return [DOCKER, "build", "--progress=plain", "--network=none", "-t", tag, "--iidfile", self.iidfile]
+
+    def cache_to_args(self, cache_to):
+        # docker without buildx exports cache inline only (mode=min).
+        return ["--build-arg", "BUILDKIT_INLINE_CACHE=1"]
 
     def export(self, tag, kind, dest, ctx=None):
         if kind == "docker-archive":
@@ -166,20 +174,12 @@ class Buildah(Tool):
             if image.split(":")[-1] != base_id.split(":")[-1]:
                 quiet(["buildah", "rmi", "-f", image])
 
-    def build(self, ctx, tag, cold, cache_to=None, cache_from=None, export=None):
-        self.fresh_iidfile()
-        cmd = ["buildah", "bud", "--layers", "--network", "none", "--tls-verify=false",
-               "-t", tag, "--iidfile", self.iidfile]
-        if cold:
-            cmd.append("--no-cache")
-        if cache_to:
-            cmd += ["--cache-to", cache_to]
-        if cache_from:
-            cmd += ["--cache-from", cache_from]
-        cmds = [cmd + [ctx]]
-        if export:
-            cmds += self.export(tag, *export, ctx=ctx)
-        return cmds
+    def build_command(self, tag):
+        return ["buildah", "bud", "--layers", "--network", "none", "--tls-verify=false",
+                "-t", tag, "--iidfile", self.iidfile]
+
+    def cache_to_args(self, cache_to):
+        return ["--cache-to", cache_to]
 
     def export(self, tag, kind, dest, ctx=None):
         if kind == "docker-archive":

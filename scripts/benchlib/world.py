@@ -2,7 +2,6 @@
 a running Docker engine, local registries on loopback, the busybox base in
 every tool's store, and rbuild built from this repository."""
 import datetime
-import json
 import os
 import platform
 import shutil
@@ -11,7 +10,7 @@ import time
 import urllib.error
 import urllib.request
 
-from .common import REPO, BenchError, clean_env, free_port, log, quiet, run, tail
+from .common import REPO, BenchError, clean_env, free_port, log, run, stop_process, tail
 from .tools import DOCKER
 
 # command -> the Debian package that has it
@@ -71,13 +70,7 @@ class Engine:
             time.sleep(0.5)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
 
 
 class Registry:
@@ -125,13 +118,7 @@ http:
                 time.sleep(0.05)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
 
 
 def build_rbuild():
