@@ -26,13 +26,15 @@ def scan_layer(fileobj, want, files, gone):
                 files[name] = t.extractfile(m).read()
 
 
-def files_from_layers(layers, paths):
-    """The wanted files of an image given its layer files, top layer last."""
+def files_from_layers(open_layers, paths):
+    """The wanted files of an image, given a callable per layer that opens
+    it (a binary file object), bottom layer first; scanning starts at the
+    top and stops once every path is found or deleted."""
     want, files, gone = set(paths), {}, set()
-    for layer in reversed(layers):
+    for open_layer in reversed(open_layers):
         if want <= set(files) | gone:
             break
-        with open(layer, "rb") as f:
+        with open_layer() as f:
             scan_layer(f, want, files, gone)
     return files
 

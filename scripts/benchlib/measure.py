@@ -1,6 +1,7 @@
 """Timing a step: wall time from the first command's start to the last
 one's exit, each command's peak resident set (GNU time), and for docker the
 daemon's growth while the step runs (BuildKit lives inside dockerd)."""
+import contextlib
 import os
 import subprocess
 import threading
@@ -94,9 +95,7 @@ class Meter:
         os.sync()  # nothing an earlier step wrote is still on its way to the disk
         peak = None
         sampler = DaemonSampler(self.dockerd) if (sample_daemon and self.dockerd) else None
-        if sampler:
-            sampler.__enter__()
-        try:
+        with sampler or contextlib.nullcontext():
             t0 = time.perf_counter()
             for cmd in cmds:
                 self.n += 1
@@ -118,7 +117,4 @@ class Meter:
                     if words and words[-1].isdigit():
                         peak = max(peak or 0, int(words[-1]))
             t1 = time.perf_counter()
-        finally:
-            if sampler:
-                sampler.__exit__()
         return Sample(t1 - t0, peak, sampler.growth() if sampler else None)

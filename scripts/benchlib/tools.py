@@ -6,6 +6,7 @@ Every tool gets the same treatment: a cold step starts from an empty
 build cache with the busybox base already present; a cached step reuses
 whatever the tool's earlier steps left; images are named
 bench/WORKLOAD:TOOL in the tool's own store."""
+import functools
 import io
 import json
 import os
@@ -13,7 +14,7 @@ import shutil
 import tarfile
 
 from .common import BenchError, clean_env, quiet, run
-from .images import files_from_layers, scan_layer
+from .images import files_from_layers
 
 DOCKER = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else "docker"
 
@@ -302,20 +303,22 @@ class Rbuild(Tool):
 
     def files(self, image, paths):
         """From the layers in rbuild's content store (uncompressed, by diff
-        ID); from `rbuild save` when a layer is stored by another name."""
+        ID); from `rbuild save` when a layer it must read is stored by
+        another name (a gzip base layer)."""
         diff_ids = self.inspect(image)["rootfs"]["diff_ids"]
         layers = [os.path.join(self.root, "blobs", "sha256", d.split(":", 1)[1]) for d in diff_ids]
-        if all(os.path.exists(p) for p in layers):
-            return files_from_layers(layers, paths)
+        try:
+            # Scanning stops at the first layer that has everything, usually above the base.
+            return files_from_layers([functools.partial(open, p, "rb") for p in layers], paths)
+        except FileNotFoundError:
+            pass  # a layer below is stored compressed, by another name
         saved = os.path.join(self.work, "rbuild-verify.tar")
         run(self.cmd("save", "-o", saved, image), f"rbuild save {image}")
         try:
-            want, files, gone = set(paths), {}, set()
             with tarfile.open(saved) as outer:
                 manifest = json.load(outer.extractfile("manifest.json"))
-                for layer in reversed(manifest[0]["Layers"]):
-                    scan_layer(outer.extractfile(layer), want, files, gone)
-            return files
+                return files_from_layers([functools.partial(outer.extractfile, name)
+                                          for name in manifest[0]["Layers"]], paths)
         finally:
             os.unlink(saved)
 
