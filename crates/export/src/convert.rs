@@ -12,6 +12,7 @@
 use rbuild_oci::{BlobStore, Descriptor, Digest, Manifest, media_type};
 
 use crate::compress::{Compression, compress};
+use crate::layout::store_json;
 use crate::{ExportError, ImageRef};
 
 /// What an output asks of layers: `compression=`, `compression-level=`,
@@ -138,14 +139,8 @@ pub fn convert_image(
     }
     let mut manifest = Manifest::new(config, layers);
     manifest.annotations = image.manifest.annotations.clone();
-    let bytes = serde_json::to_vec(&manifest).map_err(|source| ExportError::Json {
-        what: "converted manifest".into(),
-        source,
-    })?;
-    let digest = store
-        .write_bytes(&bytes)
-        .map_err(ExportError::io("storing the converted manifest"))?;
-    let mut descriptor = Descriptor::new(media_type::OCI_MANIFEST, digest, bytes.len() as u64);
+    let (digest, size) = store_json(store, "converted manifest", &manifest)?;
+    let mut descriptor = Descriptor::new(media_type::OCI_MANIFEST, digest, size);
     descriptor.platform = image.manifest_descriptor.platform.clone();
     Ok(ImageRef {
         names: image.names.clone(),

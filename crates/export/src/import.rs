@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::ExportError;
 use crate::archive::{is_dir, open_file};
+use crate::layout::store_json;
 
 /// Metadata files larger than this are not kept in memory.
 const MAX_METADATA: u64 = 16 << 20;
@@ -361,18 +362,8 @@ fn import_docker(store: &dyn BlobStore, files: &Files) -> Result<Vec<Imported>, 
             Descriptor::new(media_type::OCI_CONFIG, config_digest, config_size),
             layers,
         );
-        let manifest_bytes = serde_json::to_vec(&manifest).map_err(|source| ExportError::Json {
-            what: "manifest".into(),
-            source,
-        })?;
-        let manifest_digest = store
-            .write_bytes(&manifest_bytes)
-            .map_err(ExportError::io("storing the manifest"))?;
-        let descriptor = Descriptor::new(
-            media_type::OCI_MANIFEST,
-            manifest_digest,
-            manifest_bytes.len() as u64,
-        );
+        let (manifest_digest, manifest_size) = store_json(store, "manifest", &manifest)?;
+        let descriptor = Descriptor::new(media_type::OCI_MANIFEST, manifest_digest, manifest_size);
         let tags = entry.repo_tags.unwrap_or_default();
         if tags.is_empty() {
             imported.push(Imported {

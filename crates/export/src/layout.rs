@@ -153,9 +153,22 @@ fn blob_path(digest: &Digest) -> String {
     format!("blobs/sha256/{}", digest.hex())
 }
 
-fn to_json(what: &str, value: &impl Serialize) -> Result<Vec<u8>, ExportError> {
+pub(crate) fn to_json(what: &str, value: &impl Serialize) -> Result<Vec<u8>, ExportError> {
     serde_json::to_vec(value).map_err(|source| ExportError::Json {
         what: what.to_string(),
         source,
     })
+}
+
+/// Serialises a manifest (or any JSON document) into the store: its digest and size.
+pub(crate) fn store_json(
+    store: &dyn BlobStore,
+    what: &str,
+    value: &impl Serialize,
+) -> Result<(Digest, u64), ExportError> {
+    let bytes = to_json(what, value)?;
+    let digest = store
+        .write_bytes(&bytes)
+        .map_err(ExportError::io(format!("storing the {what}")))?;
+    Ok((digest, bytes.len() as u64))
 }
