@@ -181,6 +181,12 @@ impl ImageStore {
         };
         let dir = self.file.parent().unwrap_or(Path::new("."));
         let write = || -> io::Result<()> {
+            // The blobs named here must outlive a system crash as the
+            // names do (the content store leaves that to us).
+            match crate::content::sync_names(dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             let mut tmp = NamedTempFile::new_in(dir)?;
             serde_json::to_writer_pretty(&mut tmp, &file)?;
             tmp.write_all(b"\n")?;
