@@ -21,28 +21,6 @@ class Sample:
     daemon_kb: Optional[int] = None  # dockerd's growth over its size before the step
 
 
-def find_dockerd():
-    """PID of the Docker daemon, when it runs in this PID namespace."""
-    for pidfile in ("/var/run/docker.pid", "/run/docker.pid"):
-        try:
-            with open(pidfile) as f:
-                pid = int(f.read().strip())
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() == "dockerd":
-                    return pid
-        except (OSError, ValueError):
-            pass
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/comm") as f:
-                    if f.read().strip() == "dockerd":
-                        return int(entry)
-            except OSError:
-                pass
-    return None
-
-
 def rss_kb(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -82,12 +60,12 @@ class DaemonSampler:
 
 
 class Meter:
-    def __init__(self, logdir):
+    def __init__(self, logdir, dockerd):
         self.logdir = logdir
         self.n = 0
         self.have_time = os.access(GNU_TIME, os.X_OK) and subprocess.run(
             [GNU_TIME, "-f", "%M", "-o", "/dev/null", "true"]).returncode == 0
-        self.dockerd = find_dockerd()
+        self.dockerd = dockerd  # the engine's PID, for its growth during docker's steps
 
     def measure(self, cmds, what, sample_daemon=False, env=None):
         """Runs the commands one after the other, timed together. Raises

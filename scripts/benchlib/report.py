@@ -60,7 +60,7 @@ def markdown(data, svg_name):
         "",
         f"- **Date:** {m['date']}",
         f"- **Machine:** {m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, kernel {m['kernel']}, "
-        f"work directory on {m['filesystem']}",
+        f"stores on {m['filesystem']}",
         "- **Tools:** " + "; ".join(f"{v}" for v in m["tools"].values()) + f" (commit {m['rbuild_commit']})",
         f"- **Method:** {data['method']}",
         "",

@@ -63,9 +63,6 @@ class Runner:
         pushed, (cache_to, cache_from) = self.refs(workload, tool, rep)
         if step.build in ("cold", "cache-from"):
             tool.reset(BASE)
-            if workload.settle:
-                log(f"waiting {workload.settle} s after deleting the last build's files (ext4 inode reuse)")
-                time.sleep(workload.settle)
         if step.edit:
             edit_file(ctx, step.edit, f"{tool.name}.{rep}.{time.time_ns()}")
         dest = None
@@ -81,7 +78,7 @@ class Runner:
         elif step.push:
             prep, cmds = tool.push(tag, pushed)
             for cmd in prep:
-                run(cmd, f"{where}: tag")
+                run(cmd, f"{where}: tag", env=tool.env)
         else:
             cmds = tool.export(tag, step.export, dest, ctx=ctx)
 

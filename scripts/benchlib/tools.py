@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 
 from .common import BenchError, clean_env, quiet, run
@@ -63,24 +64,35 @@ class Docker(Tool):
     name = "docker"
     sample_daemon = True
 
-    def __init__(self, work):
+    def __init__(self, work, engine):
         super().__init__(work)
-        self.env = clean_env(DOCKER_BUILDKIT="1")
+        self.engine = engine
+        self.env = engine.env(DOCKER_BUILDKIT="1")
         self.images = set()  # image IDs our builds made, removed by reset()
         self.tags = set()
 
+    def docker(self, *args, what=None, stdin=None, capture=False):
+        return run([DOCKER, *args], what or f"docker {args[0]}", env=self.env, stdin=stdin, capture=capture)
+
+    def load_base(self, layout):
+        tar = subprocess.Popen(["tar", "-C", layout, "-c", "."], stdout=subprocess.PIPE)
+        self.docker("load", what="docker load (busybox)", stdin=tar.stdout)
+        tar.stdout.close()
+        if tar.wait() != 0:
+            raise BenchError("tar of the busybox image failed")
+
     def version(self):
-        out = run([DOCKER, "version", "--format", "{{.Server.Version}}"], capture=True)
+        out = self.docker("version", "--format", "{{.Server.Version}}", capture=True)
         return "docker engine " + out.decode().strip()
 
     def reset(self, base):
         """No image of ours, an empty build cache (BuildKit's cache of
         contexts too); the base image stays."""
         for ref in sorted(self.tags) + sorted(self.images):
-            quiet([DOCKER, "rmi", "-f", ref])
+            quiet([DOCKER, "rmi", "-f", ref], env=self.env)
         self.images.clear()
         self.tags.clear()
-        run([DOCKER, "builder", "prune", "-af"], "docker builder prune")
+        self.docker("builder", "prune", "-af")
 
     def build_command(self, tag):
         self.tags.add(tag)
@@ -96,7 +108,8 @@ class Docker(Tool):
         if kind == "oci-gzip":
             # The engine has no OCI export without buildx; skopeo reads the
             # image from the daemon and gzips its layers.
-            return [["skopeo", "copy", "-q", "--insecure-policy", f"docker-daemon:{tag}", f"oci:{dest}:latest"]]
+            return [["skopeo", "copy", "-q", "--insecure-policy", "--src-daemon-host", self.engine.host,
+                     f"docker-daemon:{tag}", f"oci:{dest}:latest"]]
         raise BenchError(f"docker: unknown export {kind}")
 
     def push(self, tag, ref):
@@ -117,13 +130,13 @@ class Docker(Tool):
     def publish_cache(self, tag, cache_to):
         """Untimed, after a build with cache_to: inline cache travels with the image."""
         self.tags.add(cache_to)
-        run([DOCKER, "tag", tag, cache_to], "docker tag (inline cache)")
-        run([DOCKER, "push", "-q", cache_to], "docker push (inline cache)")
+        self.docker("tag", tag, cache_to, what="docker tag (inline cache)")
+        self.docker("push", "-q", cache_to, what="docker push (inline cache)")
 
     def files(self, image, paths):
         script = "tar -cf - " + " ".join(f"'{p}'" for p in paths) + " 2>/dev/null; true"
-        out = run([DOCKER, "run", "--rm", "--pull=never", "--network=none", "--entrypoint", "sh",
-                   image, "-c", script], f"docker run {image}", capture=True)
+        out = self.docker("run", "--rm", "--pull=never", "--network=none", "--entrypoint", "sh",
+                          image, "-c", script, what=f"docker run {image}", capture=True)
         files = {}
         with tarfile.open(fileobj=io.BytesIO(out)) as t:
             for m in t:
@@ -132,16 +145,15 @@ class Docker(Tool):
         return files
 
     def config(self, image):
-        return json.loads(run([DOCKER, "image", "inspect", "--format", "{{json .Config}}", image],
-                              f"docker inspect {image}", capture=True))
+        return json.loads(self.docker("image", "inspect", "--format", "{{json .Config}}", image, capture=True))
 
     def diff_ids(self, image):
-        return json.loads(run([DOCKER, "image", "inspect", "--format", "{{json .RootFS.Layers}}", image],
-                              f"docker inspect {image}", capture=True))
+        return json.loads(self.docker("image", "inspect", "--format", "{{json .RootFS.Layers}}", image,
+                                      capture=True))
 
     def load_archive(self, archive):
         """Loads a docker-save archive into the engine (the proof that it loads)."""
-        out = run([DOCKER, "load", "-i", archive], f"docker load -i {archive}", capture=True).decode()
+        out = self.docker("load", "-i", archive, what=f"docker load -i {archive}", capture=True).decode()
         names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Loaded image")]
         if not names:
             raise BenchError(f"docker load of {archive} named no image: {out}")
@@ -156,24 +168,32 @@ class Buildah(Tool):
     a registry repository."""
     name = "buildah"
 
-    def __init__(self, work):
+    def __init__(self, work, storage_conf):
         super().__init__(work)
-        self.env = clean_env()
-        self.base_id = None
+        # The store buildah and skopeo use (the suite's, on the work filesystem).
+        self.env = clean_env(CONTAINERS_STORAGE_CONF=storage_conf)
+
+    def load_base(self, layout):
+        run(["skopeo", "copy", "-q", "--insecure-policy", f"oci:{layout}",
+             "containers-storage:docker.io/library/busybox:latest"], "skopeo copy busybox to buildah's store",
+            env=self.env)
+
+    def buildah(self, *args, what=None):
+        return run(["buildah", *args], what or f"buildah {args[0]}", env=self.env, capture=True)
 
     def version(self):
-        return run(["buildah", "--version"], capture=True).decode().strip()
+        return self.buildah("--version").decode().strip()
 
     def reset(self, base):
         """Every image but the base gone (intermediate layers and pulled
         cache images too), no working container."""
-        quiet(["buildah", "rm", "--all"])
-        out = run(["buildah", "images", "-a", "-q", "--no-trunc"], "buildah images", capture=True).decode()
-        base_id = run(["buildah", "inspect", "--type", "image", "--format", "{{.FromImageID}}", base],
-                      "buildah inspect base", capture=True).decode().strip()
+        quiet(["buildah", "rm", "--all"], env=self.env)
+        out = self.buildah("images", "-a", "-q", "--no-trunc", what="buildah images").decode()
+        base_id = self.buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}", base,
+                               what="buildah inspect base").decode().strip()
         for image in out.split():
             if image.split(":")[-1] != base_id.split(":")[-1]:
-                quiet(["buildah", "rmi", "-f", image])
+                quiet(["buildah", "rmi", "-f", image], env=self.env)
 
     def build_command(self, tag):
         return ["buildah", "bud", "--layers", "--network", "none", "--tls-verify=false",
@@ -203,9 +223,9 @@ class Buildah(Tool):
         pass  # the build pushed it
 
     def files(self, image, paths):
-        ctr = run(["buildah", "from", "--pull=never", image], f"buildah from {image}", capture=True).decode().strip()
+        ctr = self.buildah("from", "--pull=never", image, what=f"buildah from {image}").decode().strip()
         try:
-            mnt = run(["buildah", "mount", ctr], f"buildah mount {ctr}", capture=True).decode().strip()
+            mnt = self.buildah("mount", ctr, what=f"buildah mount {ctr}").decode().strip()
             files = {}
             for p in paths:
                 full = os.path.join(mnt, p.lstrip("/"))
@@ -214,17 +234,15 @@ class Buildah(Tool):
                         files[p] = f.read()
             return files
         finally:
-            quiet(["buildah", "umount", ctr])
-            quiet(["buildah", "rm", ctr])
+            quiet(["buildah", "umount", ctr], env=self.env)
+            quiet(["buildah", "rm", ctr], env=self.env)
 
     def config(self, image):
-        out = json.loads(run(["buildah", "inspect", "--type", "image", image], f"buildah inspect {image}",
-                             capture=True))
+        out = json.loads(self.buildah("inspect", "--type", "image", image, what=f"buildah inspect {image}"))
         return out["OCIv1"].get("config", {})
 
     def diff_ids(self, image):
-        out = json.loads(run(["buildah", "inspect", "--type", "image", image], f"buildah inspect {image}",
-                             capture=True))
+        out = json.loads(self.buildah("inspect", "--type", "image", image, what=f"buildah inspect {image}"))
         return out["OCIv1"]["rootfs"]["diff_ids"]
 
 
@@ -239,6 +257,9 @@ class Rbuild(Tool):
         self.env = clean_env()
         self.root = None
         self.roots = 0
+
+    def load_base(self, layout):
+        pass  # every new root loads it (reset)
 
     def version(self):
         return run([self.binary, "--version"], capture=True).decode().strip()

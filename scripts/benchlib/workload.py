@@ -53,7 +53,6 @@ class Workload:
     generate: Optional[list] = None
     reps: int = 5
     warmup: bool = True
-    settle: int = 0
     kept: dict = field(default_factory=dict)  # tool -> path -> bytes, for `kept` checks
 
     @property
@@ -84,7 +83,7 @@ def load(name):
             spec = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         fail(path, str(e))
-    known = {"title", "about", "generate", "reps", "warmup", "settle", "step", "check", "config"}
+    known = {"title", "about", "generate", "reps", "warmup", "step", "check", "config"}
     for k in spec:
         if k not in known:
             fail(path, f"unknown key {k!r} (known: {', '.join(sorted(known))})")
@@ -129,7 +128,7 @@ def load(name):
         checks.append(Check(c["path"], kinds[0], c[kinds[0]]))
     return Workload(name=name, dir=d, title=spec.get("title", name), about=" ".join(spec.get("about", "").split()),
                     steps=steps, checks=checks, config=spec.get("config", {}), generate=spec.get("generate"),
-                    reps=spec.get("reps", 5), warmup=spec.get("warmup", True), settle=spec.get("settle", 0))
+                    reps=spec.get("reps", 5), warmup=spec.get("warmup", True))
 
 
 def names():
