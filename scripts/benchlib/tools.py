@@ -22,11 +22,18 @@ DOCKER = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else "docker
 
 class Tool:
     name = "?"
+    program = "?"  # the command its unmeasured calls run
     sample_daemon = False  # whether the work happens in a daemon whose growth we sample
 
     def __init__(self, work):
         self.work = work
         self.iidfile = os.path.join(work, f"{self.name}.iid")
+        self.env = clean_env()
+
+    def cli(self, *args, what=None, stdin=None, capture=False):
+        """An unmeasured call of the tool, in its environment (its engine, its store)."""
+        return run([self.program, *args], what or f"{self.name} {args[0]}", env=self.env, stdin=stdin,
+                   capture=capture)
 
     def image_id(self):
         with open(self.iidfile) as f:
@@ -62,6 +69,7 @@ class Docker(Tool):
     BuildKit, no buildx: Debian's docker.io has none), docker save,
     skopeo for OCI layouts, inline cache for --cache-from."""
     name = "docker"
+    program = DOCKER
     sample_daemon = True
 
     def __init__(self, work, engine):
@@ -71,18 +79,15 @@ class Docker(Tool):
         self.images = set()  # image IDs our builds made, removed by reset()
         self.tags = set()
 
-    def docker(self, *args, what=None, stdin=None, capture=False):
-        return run([DOCKER, *args], what or f"docker {args[0]}", env=self.env, stdin=stdin, capture=capture)
-
     def load_base(self, layout):
         tar = subprocess.Popen(["tar", "-C", layout, "-c", "."], stdout=subprocess.PIPE)
-        self.docker("load", what="docker load (busybox)", stdin=tar.stdout)
+        self.cli("load", what="docker load (busybox)", stdin=tar.stdout)
         tar.stdout.close()
         if tar.wait() != 0:
             raise BenchError("tar of the busybox image failed")
 
     def version(self):
-        out = self.docker("version", "--format", "{{.Server.Version}}", capture=True)
+        out = self.cli("version", "--format", "{{.Server.Version}}", capture=True)
         return "docker engine " + out.decode().strip()
 
     def reset(self, base):
@@ -92,7 +97,7 @@ class Docker(Tool):
             quiet([DOCKER, "rmi", "-f", ref], env=self.env)
         self.images.clear()
         self.tags.clear()
-        self.docker("builder", "prune", "-af")
+        self.cli("builder", "prune", "-af")
 
     def build_command(self, tag):
         self.tags.add(tag)
@@ -130,12 +135,12 @@ class Docker(Tool):
     def publish_cache(self, tag, cache_to):
         """Untimed, after a build with cache_to: inline cache travels with the image."""
         self.tags.add(cache_to)
-        self.docker("tag", tag, cache_to, what="docker tag (inline cache)")
-        self.docker("push", "-q", cache_to, what="docker push (inline cache)")
+        self.cli("tag", tag, cache_to, what="docker tag (inline cache)")
+        self.cli("push", "-q", cache_to, what="docker push (inline cache)")
 
     def files(self, image, paths):
         script = "tar -cf - " + " ".join(f"'{p}'" for p in paths) + " 2>/dev/null; true"
-        out = self.docker("run", "--rm", "--pull=never", "--network=none", "--entrypoint", "sh",
+        out = self.cli("run", "--rm", "--pull=never", "--network=none", "--entrypoint", "sh",
                           image, "-c", script, what=f"docker run {image}", capture=True)
         files = {}
         with tarfile.open(fileobj=io.BytesIO(out)) as t:
@@ -145,15 +150,15 @@ class Docker(Tool):
         return files
 
     def config(self, image):
-        return json.loads(self.docker("image", "inspect", "--format", "{{json .Config}}", image, capture=True))
+        return json.loads(self.cli("image", "inspect", "--format", "{{json .Config}}", image, capture=True))
 
     def diff_ids(self, image):
-        return json.loads(self.docker("image", "inspect", "--format", "{{json .RootFS.Layers}}", image,
+        return json.loads(self.cli("image", "inspect", "--format", "{{json .RootFS.Layers}}", image,
                                       capture=True))
 
     def load_archive(self, archive):
         """Loads a docker-save archive into the engine (the proof that it loads)."""
-        out = self.docker("load", "-i", archive, what=f"docker load -i {archive}", capture=True).decode()
+        out = self.cli("load", "-i", archive, what=f"docker load -i {archive}", capture=True).decode()
         names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Loaded image")]
         if not names:
             raise BenchError(f"docker load of {archive} named no image: {out}")
@@ -167,6 +172,7 @@ class Buildah(Tool):
     docker-archive:, oci: and docker:// (gzip), --cache-to/--cache-from
     a registry repository."""
     name = "buildah"
+    program = "buildah"
 
     def __init__(self, work, storage_conf):
         super().__init__(work)
@@ -178,19 +184,16 @@ class Buildah(Tool):
              "containers-storage:docker.io/library/busybox:latest"], "skopeo copy busybox to buildah's store",
             env=self.env)
 
-    def buildah(self, *args, what=None):
-        return run(["buildah", *args], what or f"buildah {args[0]}", env=self.env, capture=True)
-
     def version(self):
-        return self.buildah("--version").decode().strip()
+        return self.cli("--version", capture=True).decode().strip()
 
     def reset(self, base):
         """Every image but the base gone (intermediate layers and pulled
         cache images too), no working container."""
         quiet(["buildah", "rm", "--all"], env=self.env)
-        out = self.buildah("images", "-a", "-q", "--no-trunc", what="buildah images").decode()
-        base_id = self.buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}", base,
-                               what="buildah inspect base").decode().strip()
+        out = self.cli("images", "-a", "-q", "--no-trunc", what="buildah images", capture=True).decode()
+        base_id = self.cli("inspect", "--type", "image", "--format", "{{.FromImageID}}", base,
+                           what="buildah inspect base", capture=True).decode().strip()
         for image in out.split():
             if image.split(":")[-1] != base_id.split(":")[-1]:
                 quiet(["buildah", "rmi", "-f", image], env=self.env)
@@ -223,9 +226,10 @@ class Buildah(Tool):
         pass  # the build pushed it
 
     def files(self, image, paths):
-        ctr = self.buildah("from", "--pull=never", image, what=f"buildah from {image}").decode().strip()
+        ctr = self.cli("from", "--pull=never", image, what=f"buildah from {image}",
+                       capture=True).decode().strip()
         try:
-            mnt = self.buildah("mount", ctr, what=f"buildah mount {ctr}").decode().strip()
+            mnt = self.cli("mount", ctr, what=f"buildah mount {ctr}", capture=True).decode().strip()
             files = {}
             for p in paths:
                 full = os.path.join(mnt, p.lstrip("/"))
@@ -237,13 +241,15 @@ class Buildah(Tool):
             quiet(["buildah", "umount", ctr], env=self.env)
             quiet(["buildah", "rm", ctr], env=self.env)
 
+    def inspect(self, image):
+        return json.loads(self.cli("inspect", "--type", "image", image, what=f"buildah inspect {image}",
+                                   capture=True))["OCIv1"]
+
     def config(self, image):
-        out = json.loads(self.buildah("inspect", "--type", "image", image, what=f"buildah inspect {image}"))
-        return out["OCIv1"].get("config", {})
+        return self.inspect(image).get("config", {})
 
     def diff_ids(self, image):
-        out = json.loads(self.buildah("inspect", "--type", "image", image, what=f"buildah inspect {image}"))
-        return out["OCIv1"]["rootfs"]["diff_ids"]
+        return self.inspect(image)["rootfs"]["diff_ids"]
 
 
 class Rbuild(Tool):
@@ -252,9 +258,8 @@ class Rbuild(Tool):
 
     def __init__(self, work, binary, base_layout):
         super().__init__(work)
-        self.binary = binary
+        self.program = binary
         self.base_layout = base_layout
-        self.env = clean_env()
         self.root = None
         self.roots = 0
 
@@ -262,14 +267,14 @@ class Rbuild(Tool):
         pass  # every new root loads it (reset)
 
     def version(self):
-        return run([self.binary, "--version"], capture=True).decode().strip()
+        return self.cli("--version", capture=True).decode().strip()
 
     def reset(self, base):
         if self.root:
             shutil.rmtree(self.root)
         self.roots += 1
         self.root = os.path.join(self.work, f"rbuild-root-{self.roots}")
-        run([self.binary, "--root", self.root, "load", "-i", self.base_layout], "rbuild load (base)")
+        run([self.program, "--root", self.root, "load", "-i", self.base_layout], "rbuild load (base)")
 
     def cleanup(self, base):
         if self.root:
@@ -277,7 +282,7 @@ class Rbuild(Tool):
             self.root = None
 
     def cmd(self, *args):
-        return [self.binary, "--root", self.root] + list(args)
+        return [self.program, "--root", self.root] + list(args)
 
     def build(self, ctx, tag, cold, cache_to=None, cache_from=None, export=None):
         self.fresh_iidfile()
