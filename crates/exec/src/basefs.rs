@@ -8,13 +8,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead, BufReader, Read};
 
+use serde::{Deserialize, Serialize};
+
+use crate::summary::LayerSummary;
+
 /// Path component limit when following symlinks, as Linux has.
 const MAX_SYMLINKS: usize = 40;
 /// Only these small files' contents are kept.
-const KEPT_FILES: [&str; 2] = ["etc/passwd", "etc/group"];
-const MAX_KEPT_SIZE: u64 = 4 << 20;
+pub(crate) const KEPT_FILES: [&str; 2] = ["etc/passwd", "etc/group"];
+pub(crate) const MAX_KEPT_SIZE: u64 = 4 << 20;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeKind {
     Directory,
     File,
@@ -22,7 +26,7 @@ pub enum NodeKind {
     Other,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub kind: NodeKind,
     pub mode: u32,
@@ -74,70 +78,30 @@ impl BaseFs {
         BaseFs::default()
     }
 
-    /// Applies one layer (uncompressed or gzip) on top of what is known.
+    /// Applies one layer (uncompressed, gzip or zstd) on top of what is
+    /// known.
     pub fn apply_layer(&mut self, layer: impl Read) -> io::Result<()> {
-        let mut archive = tar::Archive::new(crate::compression::decompress(layer)?);
-        let mut removals = Vec::new();
-        let mut additions = Vec::new();
-        for entry in archive.entries()? {
-            let mut entry = entry?;
-            let raw = entry.path()?.to_string_lossy().into_owned();
-            let Some(path) = normalize(&raw) else {
-                continue;
-            };
-            let (dir, name) = match path.rsplit_once('/') {
-                Some((d, n)) => (d.to_string(), n.to_string()),
-                None => (String::new(), path.clone()),
-            };
-            if name == ".wh..wh..opq" {
-                removals.push((dir, true));
-                continue;
-            }
-            if let Some(hidden) = name.strip_prefix(".wh.") {
-                removals.push((join(&dir, hidden), false));
-                continue;
-            }
-            let header = entry.header();
-            let kind = match header.entry_type() {
-                tar::EntryType::Directory => NodeKind::Directory,
-                tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Link => {
-                    NodeKind::File
-                }
-                tar::EntryType::Symlink => NodeKind::Symlink(
-                    entry
-                        .link_name()?
-                        .map(|l| l.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                ),
-                _ => NodeKind::Other,
-            };
-            let header = entry.header();
-            let node = Node {
-                kind,
-                mode: header.mode()? & 0o7777,
-                uid: header.uid()?,
-                gid: header.gid()?,
-                mtime: header.mtime()?,
-            };
-            if KEPT_FILES.contains(&path.as_str()) && entry.size() <= MAX_KEPT_SIZE {
-                let mut bytes = Vec::new();
-                entry.read_to_end(&mut bytes)?;
-                self.files.insert(path.clone(), bytes);
-            }
-            additions.push((path, node));
-        }
+        self.apply_summary(&LayerSummary::read(layer)?);
+        Ok(())
+    }
+
+    /// Applies a layer, from its summary, on top of what is known.
+    pub fn apply_summary(&mut self, layer: &LayerSummary) {
         // Whiteouts hide what lower layers had; this layer's own entries
         // are added afterwards.
-        for (path, opaque) in removals {
-            self.remove_tree(&path, !opaque);
+        for removal in &layer.removals {
+            self.remove_tree(&removal.path, !removal.opaque);
         }
-        for (path, node) in additions {
-            if node.kind != NodeKind::Directory {
-                self.remove_tree(&path, false);
+        for addition in &layer.additions {
+            if addition.node.kind != NodeKind::Directory {
+                self.remove_tree(&addition.path, false);
             }
-            self.nodes.insert(path, node);
+            self.nodes
+                .insert(addition.path.clone(), addition.node.clone());
+            if let Some(content) = &addition.content {
+                self.files.insert(addition.path.clone(), content.clone());
+            }
         }
-        Ok(())
     }
 
     /// Removes everything below `path`, and `path` itself when `itself`.
@@ -415,20 +379,6 @@ fn components(path: &str) -> Vec<String> {
         .collect()
 }
 
-fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
-    }
-}
-
-/// A layer entry's name as a clean relative path; None for the root itself.
-fn normalize(raw: &str) -> Option<String> {
-    let path = rbuild_oci::path::clean(raw);
-    (!path.is_empty()).then_some(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,6 +404,31 @@ mod tests {
             .unwrap();
         }
         w.finish().unwrap().2
+    }
+
+    #[test]
+    fn a_layer_replacing_a_directory_keeps_its_own_kept_files() {
+        let mut fs = BaseFs::empty();
+        let passwd = |line: &[u8]| EntryKind::Bytes(line.to_vec());
+        fs.apply_layer(
+            &layer(&[
+                ("etc", EntryKind::Directory),
+                ("etc/passwd", passwd(b"old:x:1:1::/:/bin/sh\n")),
+            ])[..],
+        )
+        .unwrap();
+        // Whiteouts apply before the layer's own entries, whatever their
+        // order in the archive.
+        fs.apply_layer(
+            &layer(&[
+                ("etc", EntryKind::Directory),
+                ("etc/passwd", passwd(b"new:x:2:2::/:/bin/sh\n")),
+                ("etc/.wh..wh..opq", EntryKind::Bytes(vec![])),
+            ])[..],
+        )
+        .unwrap();
+        assert_eq!(fs.owner("new").unwrap(), Owner { uid: 2, gid: 2 });
+        assert!(matches!(fs.owner("old"), Err(UserError::NoUser(_))));
     }
 
     #[test]

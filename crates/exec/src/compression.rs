@@ -17,6 +17,7 @@ pub fn decompress<'a>(mut layer: impl Read + 'a) -> io::Result<Box<dyn Read + 'a
     // The sniffed bytes go back in front of the rest of the stream.
     let is_gzip = head.starts_with(&GZIP_MAGIC);
     let is_zstd = head.starts_with(&ZSTD_MAGIC);
+    debug_assert_eq!(is_gzip || is_zstd, is_compressed(&head));
     let stream = BufReader::with_capacity(1 << 16, Cursor::new(head).chain(layer));
     if is_gzip {
         Ok(Box::new(flate2::read::MultiGzDecoder::new(stream)))
@@ -25,6 +26,12 @@ pub fn decompress<'a>(mut layer: impl Read + 'a) -> io::Result<Box<dyn Read + 'a
     } else {
         Ok(Box::new(stream))
     }
+}
+
+/// Whether a layer starting with `head` (its first four bytes, or all of
+/// it if shorter) is compressed, as [`decompress`] tells.
+pub fn is_compressed(head: &[u8]) -> bool {
+    head.starts_with(&GZIP_MAGIC) || head.starts_with(&ZSTD_MAGIC)
 }
 
 #[cfg(test)]

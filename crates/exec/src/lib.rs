@@ -7,6 +7,8 @@
 //!   for decisions such as "is the destination an existing directory?" and
 //!   user and group lookups.
 //! - [`apply`]: safe extraction of layers onto a directory.
+//! - [`summary`]: what a layer does to the file view, read once from its
+//!   tarball, without its contents.
 //! - [`compression`]: reading gzip, zstd or plain layers alike.
 
 pub mod apply;
@@ -18,3 +20,4 @@ pub mod diff;
 pub mod layer;
 pub mod patterns;
 pub mod snapshot;
+pub mod summary;

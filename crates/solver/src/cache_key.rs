@@ -198,6 +198,7 @@ fn stage_checksum(
     shared.ensure_blobs(layers, line)?;
     let dir = materialize_for(
         &shared.store,
+        &shared.summaries,
         &shared.options,
         layers,
         Some(&copy.sources),

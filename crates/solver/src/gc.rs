@@ -1180,15 +1180,20 @@ fn collect(root: &Root, rules: &Rules) -> Result<Pruned, GcError> {
         let mut again = Vec::new();
         let (now_referenced, _, complete) = image_blobs(root, &mut again)?;
         if complete {
+            let mut deleted = Vec::new();
             for d in &sel.blobs {
                 if now_referenced.contains(d) {
                     continue;
                 }
                 match root.content.delete(d) {
-                    Ok(()) => pruned.blobs.add(scan.blobs[d].size),
+                    Ok(()) => {
+                        pruned.blobs.add(scan.blobs[d].size);
+                        deleted.push(*d);
+                    }
                     Err(e) => pruned.warnings.push(format!("blob {d}: {e}")),
                 }
             }
+            root.metadata()?.forget_layer_summaries(&deleted)?;
         } else {
             pruned.warnings.extend(again);
         }

@@ -20,6 +20,7 @@ pub mod progress;
 mod scheduler;
 mod scratch;
 mod steps;
+mod summaries;
 
 use std::io;
 use std::path::{Path, PathBuf};

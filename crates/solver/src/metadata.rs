@@ -31,7 +31,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 const WAL_CHECKPOINT_BYTES: u64 = 256 * 1024;
 
 /// Bumped when [`SCHEMA`] changes (stored as SQLite's `user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cache (
@@ -65,6 +65,10 @@ CREATE TABLE IF NOT EXISTS converted_layers (
     kind       TEXT NOT NULL,     -- its compression: gzip-6, zstd-3, ...
     descriptor TEXT NOT NULL,     -- JSON: the compressed blob's descriptor
     PRIMARY KEY (diff_id, kind)
+);
+CREATE TABLE IF NOT EXISTS layer_summaries (
+    blob    TEXT PRIMARY KEY,     -- a compressed layer blob's digest
+    summary BLOB NOT NULL         -- rbuild_exec::summary::LayerSummary bytes
 );
 ";
 
@@ -467,6 +471,41 @@ impl Metadata {
             )?
             .execute(params![diff_id.to_string(), kind, json])
             .map(drop)
+        })
+    }
+
+    /// The kept summary of a layer blob (see `crate::summaries`).
+    pub fn layer_summary(&self, blob: &Digest) -> Result<Option<Vec<u8>>, MetadataError> {
+        let b = blob.to_string();
+        self.with(|c| {
+            c.prepare_cached("SELECT summary FROM layer_summaries WHERE blob = ?1")?
+                .query_row([&b], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    pub fn put_layer_summary(&self, blob: &Digest, summary: &[u8]) -> Result<(), MetadataError> {
+        self.with(|c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO layer_summaries (blob, summary) VALUES (?1, ?2)",
+            )?
+            .execute(params![blob.to_string(), summary])
+            .map(drop)
+        })
+    }
+
+    /// Forgets the summaries of blobs that were deleted.
+    pub fn forget_layer_summaries(&self, blobs: &[Digest]) -> Result<(), MetadataError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM layer_summaries WHERE blob = ?1")?;
+                for blob in blobs {
+                    delete.execute([blob.to_string()])?;
+                }
+            }
+            tx.commit()
         })
     }
 

@@ -29,6 +29,7 @@ use crate::checksum::{FileStamp, Selection, checksum_selection};
 use crate::metadata::{CacheRecord, CachedLayer, Metadata};
 use crate::progress::{Event, MissReason, Vertex};
 use crate::steps::{Layer, Run, read_fs};
+use crate::summaries::LayerSummaries;
 
 /// A node's outcome.
 pub(crate) struct NodeResult {
@@ -48,6 +49,8 @@ pub(crate) struct Shared {
     pub graph: Graph,
     pub store: ContentStore,
     pub meta: Arc<Metadata>,
+    /// What each layer does to the file view, read once per build.
+    pub summaries: LayerSummaries,
     pub options: BuildOptions,
     /// Bounds the steps running at once (`--jobs`).
     jobs: Semaphore,
@@ -103,6 +106,7 @@ impl Shared {
             dir_mtime: options.source_date_epoch.unwrap_or(0),
             graph,
             store,
+            summaries: LayerSummaries::new(Arc::clone(&meta)),
             meta,
             options,
             jobs: Semaphore::new(jobs),
@@ -358,11 +362,12 @@ impl Shared {
             .take();
         let mut fs = match taken {
             Some(fs) => fs,
-            None => read_fs(&self.store, base_layers).map_err(fail)?,
+            None => read_fs(&self.store, &self.summaries, base_layers).map_err(fail)?,
         };
         let run = Run {
             graph: &self.graph,
             store: &self.store,
+            summaries: &self.summaries,
             options: &self.options,
             inputs,
             vertex: vertex.id,

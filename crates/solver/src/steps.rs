@@ -11,6 +11,7 @@ use rbuild_exec::copy::{CopySpec, copy_entries};
 use rbuild_exec::layer::{Entry, EntryKind, LayerWriter};
 use rbuild_exec::patterns::PatternMatcher;
 use rbuild_exec::snapshot::Snapshots;
+use rbuild_exec::summary::Touch;
 use rbuild_frontend::{CopyOp, Graph, MkdirOp, NodeId, Op};
 use rbuild_oci::{BlobStore, Descriptor, Digest, media_type};
 
@@ -18,6 +19,7 @@ use crate::ContentStore;
 use crate::build::{BuildError, BuildOptions};
 use crate::progress::{Event, VertexId};
 use crate::scheduler::NodeResult;
+use crate::summaries::LayerSummaries;
 
 /// A layer of a filesystem being built: its blob, its diff ID (which
 /// names its unpacked form) and when the step that made it ran.
@@ -33,6 +35,8 @@ pub(crate) struct Layer {
 pub(crate) struct Run<'a> {
     pub(crate) graph: &'a Graph,
     pub(crate) store: &'a ContentStore,
+    /// The build's layer summaries.
+    pub(crate) summaries: &'a LayerSummaries,
     pub(crate) options: &'a BuildOptions,
     pub(crate) inputs: &'a HashMap<NodeId, Arc<NodeResult>>,
     /// The vertex whose output RUN logs are.
@@ -109,13 +113,11 @@ impl Run<'_> {
         let epoch = self.options.source_date_epoch;
         let (descriptor, diff_id) = write_layer(self.store, entries, epoch, unpack_into.as_ref())
             .map_err(|source| BuildError::Layer { line, source })?;
-        let layer = self
-            .store
-            .open(&descriptor.digest)
+        let summary = self
+            .summaries
+            .get(self.store, &descriptor.digest)
             .map_err(|source| BuildError::Layer { line, source })?;
-        base_fs
-            .apply_layer(layer)
-            .map_err(|source| BuildError::Layer { line, source })?;
+        base_fs.apply_summary(&summary);
         Ok(Some(Layer {
             descriptor,
             diff_id,
@@ -154,6 +156,7 @@ impl Run<'_> {
                     let layers = self.layers_of(copy.source)?;
                     SourceDir::Owned(materialize_for(
                         self.store,
+                        self.summaries,
                         self.options,
                         &layers,
                         Some(&copy.sources),
@@ -191,7 +194,7 @@ impl Run<'_> {
         layers: &[Layer],
         line: usize,
     ) -> Result<ScratchDir, BuildError> {
-        materialize(self.store, self.options, layers, line)
+        materialize(self.store, self.summaries, self.options, layers, line)
     }
 }
 
@@ -253,11 +256,12 @@ fn inline_dir(
 /// Applies `layers` into a fresh scratch directory.
 pub(crate) fn materialize(
     store: &ContentStore,
+    summaries: &LayerSummaries,
     options: &BuildOptions,
     layers: &[Layer],
     line: usize,
 ) -> Result<ScratchDir, BuildError> {
-    materialize_for(store, options, layers, None, line)
+    materialize_for(store, summaries, options, layers, None, line)
 }
 
 /// Applies into a fresh scratch directory the layers of `layers` that can
@@ -267,6 +271,7 @@ pub(crate) fn materialize(
 /// image below it.
 pub(crate) fn materialize_for(
     store: &ContentStore,
+    summaries: &LayerSummaries,
     options: &BuildOptions,
     layers: &[Layer],
     sources: Option<&[String]>,
@@ -275,7 +280,7 @@ pub(crate) fn materialize_for(
     let dir =
         ScratchDir::new(&options.scratch).map_err(|source| BuildError::Source { line, source })?;
     let wanted = match sources.and_then(literal_prefixes) {
-        Some(prefixes) => layers_for(store, layers, &prefixes)
+        Some(prefixes) => layers_for(store, summaries, layers, &prefixes)
             .map_err(|source| BuildError::Source { line, source })?,
         None => vec![true; layers.len()],
     };
@@ -316,12 +321,16 @@ fn literal_prefixes(sources: &[String]) -> Option<Vec<String>> {
 /// layer is taken.
 fn layers_for(
     store: &ContentStore,
+    summaries: &LayerSummaries,
     layers: &[Layer],
     prefixes: &[String],
 ) -> std::io::Result<Vec<bool>> {
     let mut wanted = Vec::with_capacity(layers.len());
     for layer in layers {
-        match layer_touch(store.open(&layer.descriptor.digest)?, prefixes)? {
+        match summaries
+            .get(store, &layer.descriptor.digest)?
+            .touches(prefixes)
+        {
             Touch::No => wanted.push(false),
             Touch::Yes => wanted.push(true),
             Touch::Links => return Ok(vec![true; layers.len()]),
@@ -330,68 +339,22 @@ fn layers_for(
     Ok(wanted)
 }
 
-enum Touch {
-    No,
-    Yes,
-    /// A link among the related entries.
-    Links,
-}
-
-fn layer_touch(layer: impl std::io::Read, prefixes: &[String]) -> std::io::Result<Touch> {
-    let mut archive = tar::Archive::new(rbuild_exec::compression::decompress(
-        std::io::BufReader::with_capacity(1 << 20, layer),
-    )?);
-    let mut touch = Touch::No;
-    for entry in archive.entries()? {
-        let entry = entry?;
-        let kind = entry.header().entry_type();
-        if kind.is_pax_global_extensions() {
-            continue;
-        }
-        let raw = entry.path_bytes();
-        let path = rbuild_oci::path::clean(&format!("/{}", String::from_utf8_lossy(&raw)));
-        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
-        // A whiteout names the path it removes (an opaque marker, the
-        // directory it empties).
-        let target = if name.starts_with(".wh..wh..opq") {
-            dir.to_string()
-        } else if let Some(removed) = name.strip_prefix(".wh.") {
-            format!("{dir}/{removed}")
-        } else {
-            path.clone()
-        };
-        let target = target.trim_start_matches('/');
-        if target.is_empty() {
-            continue; // the root directory's own entry
-        }
-        let related = prefixes.iter().any(|p| {
-            target == p
-                || target
-                    .strip_prefix(p.as_str())
-                    .is_some_and(|r| r.starts_with('/'))
-                || p.strip_prefix(target).is_some_and(|r| r.starts_with('/'))
-        });
-        if related {
-            if kind.is_symlink() || kind.is_hard_link() {
-                return Ok(Touch::Links);
-            }
-            touch = Touch::Yes;
-        }
-    }
-    Ok(touch)
-}
-
-/// The base filesystem view, read from layer headers.
-pub(crate) fn read_fs(store: &ContentStore, layers: &[Layer]) -> Result<BaseFs, BuildError> {
+/// The base filesystem view, from the layers' summaries.
+pub(crate) fn read_fs(
+    store: &ContentStore,
+    summaries: &LayerSummaries,
+    layers: &[Layer],
+) -> Result<BaseFs, BuildError> {
     let mut fs = BaseFs::empty();
     for layer in layers {
-        let err = |source| BuildError::BaseLayer {
-            name: "base".into(),
-            digest: layer.descriptor.digest,
-            source,
-        };
-        let file = store.open(&layer.descriptor.digest).map_err(err)?;
-        fs.apply_layer(file).map_err(err)?;
+        let summary = summaries
+            .get(store, &layer.descriptor.digest)
+            .map_err(|source| BuildError::BaseLayer {
+                name: "base".into(),
+                digest: layer.descriptor.digest,
+                source,
+            })?;
+        fs.apply_summary(&summary);
     }
     Ok(fs)
 }
