@@ -42,7 +42,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -963,7 +963,8 @@ pub(crate) fn mount_overlay(lowers: &[PathBuf], dirs: &RunDirs) -> io::Result<Mo
 /// given to [`Snapshots::open`]) holding the upper directory: mounts one
 /// overlay in a private mount namespace and creates and deletes a file
 /// through it (whiteouts need `trusted.*` xattrs and mknod on that
-/// filesystem). The answer is cached per root for the process.
+/// filesystem). The answer is cached per root for the process, and a
+/// success also in the root until the next boot (see [`PROBED`]).
 pub fn overlay_supported(root: &Path) -> bool {
     static CACHE: OnceLock<Mutex<HashMap<PathBuf, bool>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
@@ -971,9 +972,46 @@ pub fn overlay_supported(root: &Path) -> bool {
     if let Some(&known) = cache.get(root) {
         return known;
     }
-    let ok = probe_overlay(root).is_ok();
+    let stamp = probe_stamp(root);
+    let known_good = stamp
+        .as_ref()
+        .is_some_and(|s| fs::read_to_string(root.join(PROBED)).is_ok_and(|r| r == *s));
+    let ok = known_good || probe_overlay(root).is_ok();
+    if ok
+        && !known_good
+        && let Some(stamp) = stamp
+    {
+        // Best effort: without it the next process probes again.
+        let _ = write_replacing(&root.join("tmp"), &root.join(PROBED), stamp.as_bytes());
+    }
     cache.insert(root.to_path_buf(), ok);
     ok
+}
+
+/// Where a root remembers that overlay worked there: the boot and the
+/// filesystem it was probed on. Probing mounts an overlay, which costs a
+/// build with RUN steps several milliseconds; the kernel and the mounts
+/// only change across a boot or a new filesystem at the root's path.
+const PROBED: &str = "overlay-probed";
+
+/// What [`PROBED`] holds when a probe of `root` now would be answered by
+/// an earlier one: None without a boot ID.
+fn probe_stamp(root: &Path) -> Option<String> {
+    let boot = fs::read_to_string(BOOT_ID).ok()?;
+    let dev = fs::metadata(root).ok()?.dev();
+    Some(format!("{} {dev}\n", boot.trim()))
+}
+
+/// Writes `path` whole, in one rename of a file written in `tmp` (where
+/// [`Snapshots::open`] sweeps leftovers): readers see the old or the new
+/// content. Not synced; a crash means another boot, where it is stale
+/// anyway.
+fn write_replacing(tmp: &Path, path: &Path, content: &[u8]) -> io::Result<()> {
+    let tmp = tmp.join(format!("probed-{}", std::process::id()));
+    fs::write(&tmp, content)?;
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
 }
 
 fn probe_overlay(root: &Path) -> io::Result<()> {
@@ -1410,5 +1448,42 @@ mod tests {
             // This machine runs the overlay tests: it must work here.
             eprintln!("overlay supported: {first}");
         }
+        // A success is remembered in the root for this boot and filesystem
+        // (a failure is probed again by the next process).
+        let probed = fs::read_to_string(tmp.path().join(PROBED)).ok();
+        if first {
+            assert_eq!(probed, probe_stamp(tmp.path()));
+        } else {
+            assert_eq!(probed, None);
+        }
+    }
+
+    #[test]
+    fn a_remembered_probe_counts_for_its_boot_and_filesystem_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let Some(stamp) = probe_stamp(tmp.path()) else {
+            return; // no boot ID: nothing is remembered
+        };
+        let boot = fs::read_to_string(BOOT_ID).unwrap();
+        assert_eq!(
+            stamp,
+            format!(
+                "{} {}\n",
+                boot.trim(),
+                fs::metadata(tmp.path()).unwrap().dev()
+            )
+        );
+        // Another filesystem at the same path, or another boot, differs.
+        assert_ne!(
+            stamp,
+            format!("{} {}\n", boot.trim(), fs::metadata("/proc").unwrap().dev())
+        );
+        assert_ne!(
+            stamp,
+            format!(
+                "an earlier boot {}\n",
+                fs::metadata(tmp.path()).unwrap().dev()
+            )
+        );
     }
 }
