@@ -224,16 +224,57 @@ pub fn build(
         // them; they end with this process (their containers die with it).
         Err(_) => runtime.shutdown_background(),
     }
-    // What was learned is worth keeping even when the build failed.
+    // What was learned is worth keeping even when the build failed, and
+    // so are the records of the steps that finished.
     let saved = shared.save_learned();
-    let results = outcome.map_err(|e| Arc::try_unwrap(e).unwrap_or_else(BuildError::Shared))?;
+    let results = match outcome {
+        Ok(results) => results,
+        Err(e) => {
+            let _ = shared.finish_records();
+            return Err(Arc::try_unwrap(e).unwrap_or_else(BuildError::Shared));
+        }
+    };
+    let finished = finish(
+        plan,
+        root,
+        &shared,
+        &results,
+        &exports,
+        source_date_epoch,
+        saved,
+    );
+    if finished.is_err() {
+        let _ = shared.finish_records();
+    }
+    finished
+}
+
+/// The image (and cache exports) of a build whose steps all succeeded;
+/// returns once every step's record is stored too.
+fn finish(
+    plan: &Plan,
+    root: &Root,
+    shared: &Shared,
+    results: &HashMap<NodeId, Arc<NodeResult>>,
+    exports: &[CacheExport],
+    source_date_epoch: Option<u64>,
+    saved: Result<(), MetadataError>,
+) -> Result<BuiltImage, BuildError> {
     saved?;
-    let (config, layers) = assemble(plan, &results, source_date_epoch)?;
+    let (config, layers) = assemble(plan, results, source_date_epoch)?;
     shared.ensure_blobs(&layers, 0)?;
+    if exports.is_empty() {
+        // The last layers' syncs go on while the image is stored.
+        let built = store_image(&root.content, config, layers, None)?;
+        shared.finish_records()?;
+        return Ok(built);
+    }
+    // Exports read the records.
+    shared.finish_records()?;
     let mut cache_manifests = Vec::new();
     let mut inline = None;
-    for export in &exports {
-        let records = cache_records(plan, &shared, &results, export.mode)?;
+    for export in exports {
+        let records = cache_records(plan, shared, results, export.mode)?;
         match &export.dest {
             CacheDest::Local(dir) => crate::cache_io::export(&shared.store, &records, dir)?,
             CacheDest::Registry(reference) => cache_manifests.push((

@@ -12,6 +12,12 @@
 //! then renamed into place, so a reader sees either nothing or the whole
 //! verified blob, and two processes writing the same blob both succeed.
 //!
+//! A build's own layers are the exception ([`PrehashedIngest::commit_deferred`]):
+//! they are renamed into place at once and fsynced later, off the build's
+//! critical path, and nothing names them durably (no cache record, no
+//! image) before that sync has finished. A system crash in between can
+//! leave such a blob unnamed and wrong; unnamed blobs are what GC removes.
+//!
 //! The directory is not synced per blob (that was a second fsync for every
 //! layer): after a system crash a blob may be missing, never wrong. A
 //! missing blob only costs a cache hit (lookups check that the blobs
@@ -101,14 +107,40 @@ impl ContentStore {
     }
 
     fn commit(&self, file: NamedTempFile, digest: &Digest) -> io::Result<()> {
-        file.as_file().sync_all()?;
         let target = self.path(digest);
         if target.exists() {
             // Same digest, same bytes: another writer got there first.
             return Ok(());
         }
+        file.as_file().sync_all()?;
         file.persist(&target).map_err(|e| e.error)?;
         Ok(())
+    }
+
+    /// Renames `file` into place as `digest` without syncing it.
+    fn place(&self, file: NamedTempFile, digest: &Digest) -> io::Result<PendingSync> {
+        let target = self.path(digest);
+        // An existing blob is another writer's (perhaps not synced yet
+        // either): the sync below is of whatever the name holds.
+        if !target.exists() {
+            file.persist(&target).map_err(|e| e.error)?;
+        }
+        Ok(PendingSync { path: target })
+    }
+}
+
+/// A committed blob whose bytes may not have reached the disk yet.
+#[must_use = "nothing may name the blob durably before it is synced"]
+#[derive(Debug)]
+pub(crate) struct PendingSync {
+    path: PathBuf,
+}
+
+impl PendingSync {
+    /// Makes the blob's bytes durable.
+    pub(crate) fn wait(self) -> io::Result<()> {
+        // fsync writes back the file's data whichever descriptor asks.
+        File::open(&self.path)?.sync_all()
     }
 }
 
@@ -170,6 +202,16 @@ impl PrehashedIngest<'_> {
         let size = file.as_file().metadata()?.len();
         self.store.commit(file, digest)?;
         Ok(size)
+    }
+
+    /// [`PrehashedIngest::commit`], but the blob is readable under its
+    /// name before its bytes are synced: the caller waits for the returned
+    /// sync before anything names the blob durably.
+    pub(crate) fn commit_deferred(self, digest: &Digest) -> io::Result<(u64, PendingSync)> {
+        let file = self.writer.into_inner().map_err(|e| e.into_error())?;
+        let size = file.as_file().metadata()?.len();
+        let pending = self.store.place(file, digest)?;
+        Ok((size, pending))
     }
 }
 
@@ -249,6 +291,27 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(!store.contains(&wrong));
         // Nothing half-written is left behind.
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_deferred_commit_is_readable_at_once_and_synced_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path(), &dir.path().join("tmp")).unwrap();
+        let write = |bytes: &[u8]| {
+            let mut ingest = store.ingest_prehashed().unwrap();
+            ingest.write_all(bytes).unwrap();
+            ingest.commit_deferred(&Digest::of(b"layer")).unwrap()
+        };
+        let (size, sync) = write(b"layer");
+        assert_eq!(size, 5);
+        assert_eq!(store.read_all(&Digest::of(b"layer")).unwrap(), b"layer");
+        // A second writer of the same blob keeps the first one's file and
+        // syncs that.
+        let (_, again) = write(b"layer");
+        sync.wait().unwrap();
+        again.wait().unwrap();
+        assert_eq!(store.list().unwrap(), vec![Digest::of(b"layer")]);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

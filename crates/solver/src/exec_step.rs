@@ -22,7 +22,7 @@ use rbuild_frontend::ExecOp;
 use rbuild_oci::BlobStore;
 
 use crate::build::BuildError;
-use crate::steps::{Layer, Run};
+use crate::steps::{Layer, NewLayer, Run};
 
 /// BuildKit's hostname for build containers; scripts see it.
 const HOSTNAME: &str = "buildkitsandbox";
@@ -113,7 +113,7 @@ pub(crate) fn run(
     layers: &[Layer],
     base_fs: &mut BaseFs,
     line: usize,
-) -> Result<Option<Layer>, BuildError> {
+) -> Result<Option<NewLayer>, BuildError> {
     let fail = |what: String| BuildError::Exec {
         line,
         message: what,

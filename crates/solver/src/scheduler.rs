@@ -26,6 +26,7 @@ use crate::build::{BuildError, BuildOptions};
 use crate::cache_io::ImportedCache;
 use crate::cache_key::{StepKey, checksum_error, record_files, step_key};
 use crate::checksum::{FileStamp, Selection, checksum_selection};
+use crate::content::PendingSync;
 use crate::metadata::{CacheRecord, CachedLayer, Metadata};
 use crate::progress::{Event, MissReason, Vertex};
 use crate::steps::{Layer, Run, read_fs};
@@ -71,6 +72,15 @@ pub(crate) struct Shared {
     learned: Mutex<Learned>,
     /// `--cache-from` caches, searched after the root's own.
     pub imports: Vec<ImportedCache>,
+    /// Records being stored once their layers are synced.
+    recording: Mutex<Vec<Recording>>,
+}
+
+/// A cache record being stored (see [`Shared::record_when_synced`]).
+enum Recording {
+    Running(std::thread::JoinHandle<Result<(), BuildError>>),
+    /// No thread could be started.
+    Failed(BuildError),
 }
 
 #[derive(Default)]
@@ -117,6 +127,7 @@ impl Shared {
             known: OnceLock::new(),
             learned: Mutex::new(Learned::default()),
             imports,
+            recording: Mutex::default(),
         }
     }
 
@@ -341,7 +352,7 @@ impl Shared {
         });
         // Another build on this root may be running the same step: wait
         // for it, then use its result.
-        let _lock = KeyLock::acquire(&self.locks, &key).map_err(|e| fail(BuildError::Store(e)))?;
+        let lock = KeyLock::acquire(&self.locks, &key).map_err(|e| fail(BuildError::Store(e)))?;
         if use_cache && let Some(found) = self.lookup(&key).map_err(fail)? {
             self.emit(Event::Done {
                 vertex: vertex.id,
@@ -374,12 +385,15 @@ impl Shared {
             dir_mtime: self.dir_mtime,
             feeds_run: self.feeds_run.contains(&node),
         };
-        let layer = run
+        let new_layer = run
             .execute(node, base_layers, &mut fs, unpacked)
             .map_err(fail)?;
         let mut layers = base_layers.clone();
-        let size = layer.as_ref().map_or(0, |l| l.descriptor.size);
-        layers.extend(layer);
+        let size = new_layer.as_ref().map_or(0, |n| n.layer.descriptor.size);
+        let sync = new_layer.map(|n| {
+            layers.push(n.layer);
+            n.sync
+        });
         let record = CacheRecord {
             layers: layers
                 .iter()
@@ -391,9 +405,13 @@ impl Shared {
                 .collect(),
             size,
         };
-        self.meta
-            .put(&key, &record)
-            .map_err(|e| fail(BuildError::Metadata(e)))?;
+        match sync {
+            None => self
+                .meta
+                .put(&key, &record)
+                .map_err(|e| fail(BuildError::Metadata(e)))?,
+            Some(sync) => self.record_when_synced(key, record, sync, lock, line),
+        }
         if let Some(slot) = self.slots.get(&node) {
             self.learned().facts.push((*slot, facts.to_string()));
         }
@@ -406,6 +424,62 @@ impl Shared {
             fs: Mutex::new(Some(fs)),
             key: Some(key),
         })
+    }
+
+    /// Stores the record of a step that wrote a layer once the layer's
+    /// blob is synced, on a thread of its own, so that the build goes on
+    /// meanwhile; the step's key stays locked until then, so a concurrent
+    /// build waiting for it finds the record. [`Shared::finish_records`]
+    /// waits for all of them.
+    fn record_when_synced(
+        &self,
+        key: Digest,
+        record: CacheRecord,
+        sync: PendingSync,
+        lock: KeyLock,
+        line: usize,
+    ) {
+        let meta = Arc::clone(&self.meta);
+        let job = std::thread::Builder::new()
+            .name("rbuild-record".into())
+            .spawn(move || {
+                sync.wait()
+                    .map_err(|source| BuildError::Layer { line, source })?;
+                meta.put(&key, &record).map_err(BuildError::Metadata)?;
+                drop(lock);
+                Ok(())
+            });
+        let job = match job {
+            Ok(handle) => Recording::Running(handle),
+            Err(e) => Recording::Failed(BuildError::Internal(format!(
+                "starting a thread to store a cache record: {e}"
+            ))),
+        };
+        self.recording
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(job);
+    }
+
+    /// Waits until every step's record is stored (its layer synced);
+    /// returns the first failure.
+    pub(crate) fn finish_records(&self) -> Result<(), BuildError> {
+        let jobs = std::mem::take(&mut *self.recording.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut first = None;
+        for job in jobs {
+            let result = match job {
+                Recording::Running(handle) => handle.join().unwrap_or_else(|_| {
+                    Err(BuildError::Internal(
+                        "storing a cache record panicked".into(),
+                    ))
+                }),
+                Recording::Failed(e) => Err(e),
+            };
+            if let Err(e) = result {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// A usable cache record: the root's own, or an imported one, whose

@@ -17,6 +17,7 @@ use rbuild_oci::{BlobStore, Descriptor, Digest, media_type};
 
 use crate::ContentStore;
 use crate::build::{BuildError, BuildOptions};
+use crate::content::PendingSync;
 use crate::progress::{Event, VertexId};
 use crate::scheduler::NodeResult;
 use crate::summaries::LayerSummaries;
@@ -28,6 +29,13 @@ pub(crate) struct Layer {
     pub descriptor: Descriptor,
     pub diff_id: Digest,
     pub created: Option<String>,
+}
+
+/// A layer a step wrote, and the sync that must finish before anything
+/// names it durably (see [`crate::content`]).
+pub(crate) struct NewLayer {
+    pub layer: Layer,
+    pub sync: PendingSync,
 }
 
 /// What one step runs with: the build's stores and options, and the
@@ -77,7 +85,7 @@ impl Run<'_> {
         layers: &[Layer],
         base_fs: &mut BaseFs,
         source: Option<ScratchDir>,
-    ) -> Result<Option<Layer>, BuildError> {
+    ) -> Result<Option<NewLayer>, BuildError> {
         let graph_node = self.graph.node(node);
         let line = graph_node.line.unwrap_or(0);
         match &graph_node.op {
@@ -102,7 +110,7 @@ impl Run<'_> {
         entries: &[Entry],
         base_fs: &mut BaseFs,
         line: usize,
-    ) -> Result<Option<Layer>, BuildError> {
+    ) -> Result<Option<NewLayer>, BuildError> {
         if entries.is_empty() {
             return Ok(None);
         }
@@ -111,19 +119,23 @@ impl Run<'_> {
             .then(|| crate::exec_step::overlay_snapshots(self.options))
             .flatten();
         let epoch = self.options.source_date_epoch;
-        let (descriptor, diff_id) = write_layer(self.store, entries, epoch, unpack_into.as_ref())
-            .map_err(|source| BuildError::Layer { line, source })?;
+        let (descriptor, diff_id, sync) =
+            write_layer(self.store, entries, epoch, unpack_into.as_ref())
+                .map_err(|source| BuildError::Layer { line, source })?;
         let summary = self
             .summaries
             .get(self.store, &descriptor.digest)
             .map_err(|source| BuildError::Layer { line, source })?;
         base_fs.apply_summary(&summary);
-        Ok(Some(Layer {
-            descriptor,
-            diff_id,
-            created: Some(rbuild_oci::time::format_rfc3339(
-                std::time::SystemTime::now(),
-            )),
+        Ok(Some(NewLayer {
+            layer: Layer {
+                descriptor,
+                diff_id,
+                created: Some(rbuild_oci::time::format_rfc3339(
+                    std::time::SystemTime::now(),
+                )),
+            },
+            sync,
         }))
     }
 
@@ -134,7 +146,7 @@ impl Run<'_> {
         base_fs: &mut BaseFs,
         unpacked: Option<ScratchDir>,
         line: usize,
-    ) -> Result<Option<Layer>, BuildError> {
+    ) -> Result<Option<NewLayer>, BuildError> {
         let what = if copy.unpack { "ADD" } else { "COPY" };
         let owner = copy
             .chown
@@ -424,15 +436,16 @@ fn mkdir_entries(mkdir: &MkdirOp, fs: &BaseFs, mtime: u64) -> Result<Vec<Entry>,
     Ok(entries)
 }
 
-/// Writes a layer into the store; returns its descriptor and diff ID.
-/// With `epoch`, no mtime is later than it. With `snapshots`, the layer is
-/// unpacked there at the same time, for the RUN that will mount it.
+/// Writes a layer into the store; returns its descriptor and diff ID, and
+/// the blob's pending sync. With `epoch`, no mtime is later than it. With
+/// `snapshots`, the layer is unpacked there at the same time, for the RUN
+/// that will mount it.
 fn write_layer(
     store: &ContentStore,
     entries: &[Entry],
     epoch: Option<u64>,
     snapshots: Option<&Snapshots>,
-) -> std::io::Result<(Descriptor, Digest)> {
+) -> std::io::Result<(Descriptor, Digest, PendingSync)> {
     // Uncompressed, the blob is the tar stream: its digest is the diff ID
     // the writer computes.
     let (diff_id, ingest) = match snapshots {
@@ -458,9 +471,10 @@ fn write_layer(
             (diff_id, ingest)
         }
     };
-    let size = ingest.commit(&diff_id)?;
+    let (size, sync) = ingest.commit_deferred(&diff_id)?;
     Ok((
         Descriptor::new(media_type::OCI_LAYER, diff_id, size),
         diff_id,
+        sync,
     ))
 }
