@@ -112,7 +112,8 @@ pub fn run(root: &Root, args: BuildArgs, config: &Config) -> Result<()> {
     });
     let options = BuildOptions {
         context: context.clone(),
-        scratch: root.tmp_dir(),
+        // Created by the build when a step first needs it.
+        scratch: root.tmp_path(),
         source_date_epoch,
         executor: Some(executor),
         // RUN --mount=type=bind from the context leaves out what COPY does.
@@ -305,7 +306,7 @@ fn export(
                 &root.content,
                 &image(Vec::new())?,
                 &target(dest),
-                &root.tmp_dir(),
+                &root.tmp_dir()?,
             )?;
             say_exported(progress, "root filesystem tarball", dest);
         }
@@ -331,7 +332,7 @@ fn load_into_docker(
 ) -> Result<()> {
     let image = load_image(&root.content, built.manifest.clone(), tags.to_vec())?;
     let file = root
-        .tmp_dir()
+        .tmp_dir()?
         .join(format!("docker-load-{}.tar", built.config_digest.short()));
     write_docker_archive(&root.content, &[image], &Target::Tar(file.clone()))
         .context("--load: writing the docker archive")?;

@@ -123,7 +123,7 @@ fn clean_up_on_signals(root: &Root) -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
-    let scratch = root.tmp_dir();
+    let scratch = root.tmp_path();
     let snapshots_tmp = root.path().join("snapshots").join("tmp");
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {

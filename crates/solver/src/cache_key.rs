@@ -196,6 +196,10 @@ fn stage_checksum(
         return Ok((sum, None));
     }
     shared.ensure_blobs(layers, line)?;
+    shared
+        .store
+        .scratch()
+        .map_err(|source| BuildError::Source { line, source })?;
     let dir = materialize_for(
         &shared.store,
         &shared.summaries,

@@ -27,9 +27,12 @@
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rbuild_oci::{BlobStore, BlobWriter, Digest, HashingWriter};
 use tempfile::NamedTempFile;
+
+use crate::scratch::ProcessScratch;
 
 /// Makes the names of the blobs committed below `root` durable (they are
 /// once this returns, after a system crash too).
@@ -40,18 +43,47 @@ pub(crate) fn sync_names(root: &Path) -> io::Result<()> {
 #[derive(Debug, Clone)]
 pub struct ContentStore {
     blobs: PathBuf,
-    tmp: PathBuf,
+    tmp: Tmp,
+}
+
+/// Where blobs being written go.
+#[derive(Debug, Clone)]
+enum Tmp {
+    Dir(PathBuf),
+    /// A root's process scratch, created when the first blob is written.
+    Scratch(Arc<ProcessScratch>),
 }
 
 impl ContentStore {
     /// Opens (creating if needed) the content store below `root`, writing
     /// blobs in progress to `tmp` (same filesystem, so renames work).
     pub fn open(root: &Path, tmp: &Path) -> io::Result<ContentStore> {
+        fs::create_dir_all(tmp)?;
+        ContentStore::open_with(root, Tmp::Dir(tmp.to_path_buf()))
+    }
+
+    /// [`ContentStore::open`] for a root, writing blobs in progress to the
+    /// process's scratch directory, which is created when first needed.
+    pub(crate) fn open_in_root(
+        root: &Path,
+        scratch: Arc<ProcessScratch>,
+    ) -> io::Result<ContentStore> {
+        ContentStore::open_with(root, Tmp::Scratch(scratch))
+    }
+
+    fn open_with(root: &Path, tmp: Tmp) -> io::Result<ContentStore> {
         let blobs = root.join("blobs").join("sha256");
-        let tmp = tmp.to_path_buf();
         fs::create_dir_all(&blobs)?;
-        fs::create_dir_all(&tmp)?;
         Ok(ContentStore { blobs, tmp })
+    }
+
+    /// The directory for blobs being written (and the build's other
+    /// scratch files), created if needed.
+    pub(crate) fn scratch(&self) -> io::Result<&Path> {
+        match &self.tmp {
+            Tmp::Dir(dir) => Ok(dir),
+            Tmp::Scratch(scratch) => scratch.ensure(),
+        }
     }
 
     /// Where a blob is (or would be) stored.
@@ -66,7 +98,7 @@ impl ContentStore {
 
     /// Starts writing a blob whose digest is known only at the end.
     pub fn ingest(&self) -> io::Result<Ingest<'_>> {
-        let file = NamedTempFile::new_in(&self.tmp)?;
+        let file = NamedTempFile::new_in(self.scratch()?)?;
         let writer = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
         Ok(Ingest {
             store: self,
@@ -78,7 +110,7 @@ impl ContentStore {
     /// layer writer hashes its tar stream for the diff ID; an uncompressed
     /// layer's digest is the same), so the bytes are not hashed twice.
     pub fn ingest_prehashed(&self) -> io::Result<PrehashedIngest<'_>> {
-        let file = NamedTempFile::new_in(&self.tmp)?;
+        let file = NamedTempFile::new_in(self.scratch()?)?;
         Ok(PrehashedIngest {
             store: self,
             writer: BufWriter::with_capacity(1 << 20, file),

@@ -1226,7 +1226,10 @@ fn collect(root: &Root, rules: &Rules) -> Result<Pruned, GcError> {
     for &i in &sel.mounts {
         let m = &scan.mounts[i];
         let path = root.path().join("cache-mounts").join(&m.id);
-        match remove_cache_mount(&path, &root.tmp_dir()) {
+        match root
+            .tmp_dir()
+            .and_then(|scratch| remove_cache_mount(&path, &scratch))
+        {
             Ok(true) => pruned.cache_mounts.push(CacheMountUsage {
                 id: m.id.clone(),
                 size: m.size,
@@ -2201,7 +2204,7 @@ mod tests {
         assert_eq!(p.cache_mounts.len(), 1);
         assert!(!base.exists());
         // Nothing is left in the scratch directory either.
-        let left: Vec<_> = fs::read_dir(t.root.tmp_dir())
+        let left: Vec<_> = fs::read_dir(t.root.tmp_path())
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with("gc-"))

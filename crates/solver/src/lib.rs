@@ -53,14 +53,17 @@ impl Root {
             source,
         };
         std::fs::create_dir_all(path).map_err(io_err)?;
-        let scratch = scratch::ProcessScratch::create(&path.join("tmp")).map_err(io_err)?;
-        let content = ContentStore::open(path, scratch.path()).map_err(io_err)?;
+        let scratch = std::sync::Arc::new(
+            scratch::ProcessScratch::create(&path.join("tmp")).map_err(io_err)?,
+        );
+        let content =
+            ContentStore::open_in_root(path, std::sync::Arc::clone(&scratch)).map_err(io_err)?;
         let images = ImageStore::open(path)?;
         Ok(Root {
             path: path.to_path_buf(),
             content,
             images,
-            scratch: std::sync::Arc::new(scratch),
+            scratch,
             metadata: Default::default(),
         })
     }
@@ -79,9 +82,16 @@ impl Root {
     }
 
     /// This process's directory for short-lived files, on the same
-    /// filesystem as the store; removed when the last `Root` clone drops,
-    /// or by the next rbuild if this process is killed.
-    pub fn tmp_dir(&self) -> PathBuf {
+    /// filesystem as the store, created if it does not exist yet; removed
+    /// when the last `Root` clone drops, or by the next rbuild if this
+    /// process is killed.
+    pub fn tmp_dir(&self) -> io::Result<PathBuf> {
+        self.scratch.ensure().map(Path::to_path_buf)
+    }
+
+    /// Where [`Root::tmp_dir`] is, whether or not it exists yet (a build
+    /// creates it when a step first needs it).
+    pub fn tmp_path(&self) -> PathBuf {
         self.scratch.path().to_path_buf()
     }
 }

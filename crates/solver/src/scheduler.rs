@@ -360,6 +360,11 @@ impl Shared {
             });
             return Ok(found);
         }
+        // Running it writes files (created once per build, when first
+        // needed: a build of cached steps writes nothing).
+        self.store
+            .scratch()
+            .map_err(|e| fail(BuildError::Store(e)))?;
         let base_layers = &base_result.layers;
         // Everything the step reads must be local (imported caches are
         // fetched from lazily).

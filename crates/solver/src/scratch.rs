@@ -1,5 +1,9 @@
 //! Each rbuild process's own scratch directory, `ROOT/tmp/<pid>-<nonce>/`.
 //!
+//! It is created when first needed ([`ProcessScratch::ensure`]): a build
+//! whose every step is cached writes nothing, and creating and removing a
+//! directory and its lock file cost it most of a millisecond.
+//!
 //! The process holds an exclusive lock on the directory's `lock` file for
 //! its lifetime. When it ends normally the directory is removed; when it
 //! is killed, the lock is released by the kernel and the next rbuild on
@@ -10,6 +14,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const LOCK: &str = "lock";
@@ -17,13 +22,14 @@ const LOCK: &str = "lock";
 #[derive(Debug)]
 pub struct ProcessScratch {
     dir: PathBuf,
-    // Held, not read: the lock lives as long as this open file.
-    _lock: File,
+    /// The directory's lock, once the directory exists. Held, not read:
+    /// the lock lives as long as this open file.
+    lock: Mutex<Option<File>>,
 }
 
 impl ProcessScratch {
-    /// Removes what dead processes left under `parent` and creates this
-    /// process's directory there.
+    /// Removes what dead processes left under `parent` and names this
+    /// process's directory there (created by [`ProcessScratch::ensure`]).
     pub fn create(parent: &Path) -> io::Result<ProcessScratch> {
         fs::create_dir_all(parent)?;
         sweep(parent)?;
@@ -31,24 +37,42 @@ impl ProcessScratch {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let dir = parent.join(format!("{}-{nonce}", std::process::id()));
-        fs::create_dir(&dir)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK))?;
-        lock.lock()?;
-        Ok(ProcessScratch { dir, _lock: lock })
+        Ok(ProcessScratch {
+            dir,
+            lock: Mutex::new(None),
+        })
     }
 
+    /// The directory, which may not exist yet.
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// The directory, created (with its lock) if it does not exist yet.
+    pub fn ensure(&self) -> io::Result<&Path> {
+        let mut lock = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if lock.is_none() {
+            // Until the lock file exists, a sweeper keeps the directory
+            // because its owner (this pid) is alive.
+            fs::create_dir(&self.dir)?;
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(self.dir.join(LOCK))?;
+            file.lock()?;
+            *lock = Some(file);
+        }
+        Ok(&self.dir)
     }
 }
 
 impl Drop for ProcessScratch {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
+        let created = self.lock.get_mut().map_or(true, |lock| lock.is_some());
+        if created {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -97,13 +121,15 @@ mod tests {
     fn removed_on_drop_and_swept_when_abandoned() {
         let parent = tempfile::tempdir().unwrap();
         let live = ProcessScratch::create(parent.path()).unwrap();
-        std::fs::write(live.path().join("f"), "x").unwrap();
+        assert!(!live.path().exists(), "created when first needed");
+        std::fs::write(live.ensure().unwrap().join("f"), "x").unwrap();
         // A directory whose owner died: its lock is free.
         let dead = parent.path().join("999999999-1");
         std::fs::create_dir(&dead).unwrap();
         std::fs::write(dead.join(LOCK), "").unwrap();
         // Another process's live directory: a second handle holds its lock.
         let other = ProcessScratch::create(parent.path()).unwrap();
+        other.ensure().unwrap();
         assert!(!dead.exists(), "an abandoned directory is swept");
         assert!(live.path().join("f").exists(), "a live one is not");
         let live_path = live.path().to_path_buf();
