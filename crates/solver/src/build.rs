@@ -12,9 +12,10 @@ use rbuild_exec::basefs::UserError;
 use rbuild_exec::copy::CopyError;
 use rbuild_frontend::{Base, NodeId, Plan};
 use rbuild_oci::{
-    BlobStore, Descriptor, Digest, History, ImageConfig, Manifest, media_type, time::format_rfc3339,
+    Descriptor, Digest, History, ImageConfig, Manifest, media_type, time::format_rfc3339,
 };
 
+use crate::Root;
 use crate::cache_io::{
     CacheConfig, CacheDest, CacheExport, CacheIoError, CacheMode, ImportedCache,
 };
@@ -22,7 +23,6 @@ use crate::metadata::{CacheRecord, CachedLayer, MetadataError};
 use crate::progress::{Sink, Vertex};
 use crate::scheduler::{NodeResult, Schedule, Shared};
 use crate::steps::Layer;
-use crate::{ContentStore, Root};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -234,15 +234,7 @@ pub fn build(
             return Err(Arc::try_unwrap(e).unwrap_or_else(BuildError::Shared));
         }
     };
-    let finished = finish(
-        plan,
-        root,
-        &shared,
-        &results,
-        &exports,
-        source_date_epoch,
-        saved,
-    );
+    let finished = finish(plan, &shared, &results, &exports, source_date_epoch, saved);
     if finished.is_err() {
         let _ = shared.finish_records();
     }
@@ -253,7 +245,6 @@ pub fn build(
 /// returns once every step's record is stored too.
 fn finish(
     plan: &Plan,
-    root: &Root,
     shared: &Shared,
     results: &HashMap<NodeId, Arc<NodeResult>>,
     exports: &[CacheExport],
@@ -265,7 +256,7 @@ fn finish(
     shared.ensure_blobs(&layers, 0)?;
     if exports.is_empty() {
         // The last layers' syncs go on while the image is stored.
-        let built = store_image(&root.content, config, layers, None)?;
+        let built = store_image(shared, config, layers, None)?;
         shared.finish_records()?;
         return Ok(built);
     }
@@ -284,7 +275,8 @@ fn finish(
             CacheDest::Inline => inline = Some(records),
         }
     }
-    let mut built = store_image(&root.content, config, layers, inline.as_ref())?;
+    let mut built = store_image(shared, config, layers, inline.as_ref())?;
+    shared.finish_records()?;
     built.cache_manifests = cache_manifests;
     Ok(built)
 }
@@ -490,13 +482,15 @@ fn fill_times(times: &mut [Option<String>], now: &str) {
     }
 }
 
-/// Stores the config and manifest of a finished image.
+/// Stores the config and manifest of a finished image; their syncs go
+/// on beside the build's last ones ([`Shared::finish_records`] waits).
 fn store_image(
-    store: &ContentStore,
+    shared: &Shared,
     config: ImageConfig,
     layers: Vec<Layer>,
     inline_cache: Option<&CacheConfig>,
 ) -> Result<BuiltImage, BuildError> {
+    let store = &shared.store;
     let layers: Vec<Descriptor> = layers.into_iter().map(|l| l.descriptor).collect();
     let mut config_value =
         serde_json::to_value(&config).map_err(|e| BuildError::Store(e.into()))?;
@@ -505,7 +499,10 @@ fn store_image(
             serde_json::to_value(cache).map_err(|e| BuildError::Store(e.into()))?;
     }
     let config_json = serde_json::to_vec(&config_value).map_err(|e| BuildError::Store(e.into()))?;
-    let config_digest = store.write_bytes(&config_json).map_err(BuildError::Store)?;
+    let (config_digest, config_sync) = store
+        .write_bytes_deferred(&config_json)
+        .map_err(BuildError::Store)?;
+    shared.sync_later(config_sync);
     let manifest = Manifest::new(
         Descriptor::new(
             media_type::OCI_CONFIG,
@@ -515,9 +512,10 @@ fn store_image(
         layers,
     );
     let manifest_json = serde_json::to_vec(&manifest).map_err(|e| BuildError::Store(e.into()))?;
-    let manifest_digest = store
-        .write_bytes(&manifest_json)
+    let (manifest_digest, manifest_sync) = store
+        .write_bytes_deferred(&manifest_json)
         .map_err(BuildError::Store)?;
+    shared.sync_later(manifest_sync);
     Ok(BuiltImage {
         manifest: Descriptor::new(
             media_type::OCI_MANIFEST,

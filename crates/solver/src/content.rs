@@ -117,6 +117,23 @@ impl ContentStore {
         })
     }
 
+    /// Stores `bytes` as a blob like [`BlobStore::write_bytes`], but
+    /// without syncing it: the sync is returned for the caller to wait for
+    /// before anything names the blob durably (None: the blob was there).
+    pub(crate) fn write_bytes_deferred(
+        &self,
+        bytes: &[u8],
+    ) -> io::Result<(Digest, Option<PendingSync>)> {
+        let digest = Digest::of(bytes);
+        if self.contains(&digest) {
+            return Ok((digest, None));
+        }
+        let mut ingest = self.ingest_prehashed()?;
+        ingest.write_all(bytes)?;
+        let (_, sync) = ingest.commit_deferred(&digest)?;
+        Ok((digest, Some(sync)))
+    }
+
     /// Deletes a blob; a missing blob is not an error.
     pub fn delete(&self, digest: &Digest) -> io::Result<()> {
         match fs::remove_file(self.path(digest)) {

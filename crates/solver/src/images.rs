@@ -182,16 +182,23 @@ impl ImageStore {
         let dir = self.file.parent().unwrap_or(Path::new("."));
         let write = || -> io::Result<()> {
             // The blobs named here must outlive a system crash as the
-            // names do (the content store leaves that to us).
-            match crate::content::sync_names(dir) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-            let mut tmp = NamedTempFile::new_in(dir)?;
-            serde_json::to_writer_pretty(&mut tmp, &file)?;
-            tmp.write_all(b"\n")?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(&self.file).map_err(|e| e.error)?;
+            // names do (the content store leaves that to us); that sync
+            // and the new file's go on side by side.
+            let names = std::thread::scope(|scope| -> io::Result<NamedTempFile> {
+                let names = scope.spawn(|| match crate::content::sync_names(dir) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                });
+                let mut tmp = NamedTempFile::new_in(dir)?;
+                serde_json::to_writer_pretty(&mut tmp, &file)?;
+                tmp.write_all(b"\n")?;
+                tmp.as_file().sync_all()?;
+                names
+                    .join()
+                    .map_err(|_| io::Error::other("syncing the blob names panicked"))??;
+                Ok(tmp)
+            })?;
+            names.persist(&self.file).map_err(|e| e.error)?;
             File::open(dir)?.sync_all()
         };
         write().map_err(|source| self.io(&self.file, source))

@@ -454,6 +454,23 @@ impl Shared {
                 drop(lock);
                 Ok(())
             });
+        self.push_recording(job);
+    }
+
+    /// Syncs a blob on a thread of its own; [`Shared::finish_records`]
+    /// waits for it.
+    pub(crate) fn sync_later(&self, sync: Option<PendingSync>) {
+        let Some(sync) = sync else { return };
+        let job = std::thread::Builder::new()
+            .name("rbuild-sync".into())
+            .spawn(move || sync.wait().map_err(BuildError::Store));
+        self.push_recording(job);
+    }
+
+    fn push_recording(
+        &self,
+        job: std::io::Result<std::thread::JoinHandle<Result<(), BuildError>>>,
+    ) {
         let job = match job {
             Ok(handle) => Recording::Running(handle),
             Err(e) => Recording::Failed(BuildError::Internal(format!(
@@ -466,8 +483,9 @@ impl Shared {
             .push(job);
     }
 
-    /// Waits until every step's record is stored (its layer synced);
-    /// returns the first failure.
+    /// Waits until every step's record is stored (its layer synced) and
+    /// every blob handed to [`Shared::sync_later`] is synced; returns the
+    /// first failure.
     pub(crate) fn finish_records(&self) -> Result<(), BuildError> {
         let jobs = std::mem::take(&mut *self.recording.lock().unwrap_or_else(|p| p.into_inner()));
         let mut first = None;
