@@ -337,7 +337,9 @@ impl Snapshots {
     }
 
     /// Removes `tmp/` entries whose owner is gone: their lock file can be
-    /// locked, or they have none and are old. Best effort.
+    /// locked, or they have none and are old or named for a process that
+    /// no longer runs (one killed between making the directory and its
+    /// lock). Best effort.
     fn remove_stale(&self) {
         let Ok(entries) = fs::read_dir(&self.tmp) else {
             return;
@@ -364,7 +366,7 @@ impl Snapshots {
                         .ok()
                         .and_then(|t| SystemTime::now().duration_since(t).ok())
                         .is_some_and(|age| age > STALE_UNLOCKED_AGE);
-                    if old {
+                    if old || owner_is_gone(&ent.file_name()) {
                         remove_work_dir(&path);
                     }
                 }
@@ -372,6 +374,16 @@ impl Snapshots {
             }
         }
     }
+}
+
+/// Whether a `tmp/` entry named `<pid>-...` belongs to a process that no
+/// longer runs (pids are reused, so a live pid proves nothing; the age
+/// rule covers that case).
+fn owner_is_gone(name: &OsStr) -> bool {
+    name.to_str()
+        .and_then(|n| n.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// One run's overlay directories (see [`Snapshots::scratch`]).
@@ -1429,8 +1441,16 @@ mod tests {
         let dead = tmp.path().join("tmp/dead");
         fs::create_dir_all(dead.join("layer/half")).unwrap();
         fs::write(dead.join("lock"), b"").unwrap();
+        // A process killed before it made its lock: no lock, a dead pid.
+        let unlocked = tmp.path().join("tmp/4294967-gc-0");
+        fs::create_dir_all(unlocked.join("half")).unwrap();
+        // One being made right now: no lock yet, a live pid.
+        let making = tmp.path().join(format!("tmp/{}-9-0", std::process::id()));
+        fs::create_dir_all(&making).unwrap();
         Snapshots::open(tmp.path()).unwrap();
         assert!(!dead.exists());
+        assert!(!unlocked.exists());
+        assert!(making.is_dir());
         assert!(live.upper.is_dir());
         assert!(live.rootfs.is_dir());
     }
