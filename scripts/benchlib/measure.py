@@ -70,29 +70,41 @@ class Meter:
     def measure(self, cmds, what, sample_daemon=False, env=None):
         """Runs the commands one after the other, timed together. Raises
         BenchError (with the failing command's output) when one fails."""
+        # Every command's log is open before the clock starts. GNU time
+        # stays in front of each command: a child of this (large) Python
+        # process would report Python's resident set as its own peak.
+        runs = []
+        for cmd in cmds:
+            self.n += 1
+            logfile = os.path.join(self.logdir, f"{self.n:04d}.log")
+            rssfile = logfile[:-4] + ".rss"
+            out = open(logfile, "wb")
+            out.write((" ".join(cmd) + "\n").encode())
+            out.flush()
+            full = [GNU_TIME, "-f", "%M", "-o", rssfile] + cmd if self.have_time else cmd
+            runs.append((cmd, full, logfile, rssfile, out))
+        env = env or clean_env()
         os.sync()  # nothing an earlier step wrote is still on its way to the disk
         peak = None
         sampler = DaemonSampler(self.dockerd) if (sample_daemon and self.dockerd) else None
-        with sampler or contextlib.nullcontext():
-            t0 = time.perf_counter()
-            for cmd in cmds:
-                self.n += 1
-                logfile = os.path.join(self.logdir, f"{self.n:04d}.log")
-                rssfile = logfile[:-4] + ".rss"
-                full = [GNU_TIME, "-f", "%M", "-o", rssfile] + cmd if self.have_time else cmd
-                with open(logfile, "wb") as out:
-                    out.write((" ".join(cmd) + "\n").encode())
-                    out.flush()
-                    p = subprocess.run(full, env=env or clean_env(), stdin=subprocess.DEVNULL,
+        try:
+            with sampler or contextlib.nullcontext():
+                t0 = time.perf_counter()
+                for cmd, full, logfile, rssfile, out in runs:
+                    p = subprocess.run(full, env=env, stdin=subprocess.DEVNULL,
                                        stdout=out, stderr=subprocess.STDOUT)
-                if p.returncode != 0:
-                    with open(logfile, "rb") as f:
-                        log_tail = f.read()[-4000:].decode(errors="replace")
-                    raise BenchError(f"{what}: exit {p.returncode}: {' '.join(cmd)}\n{log_tail}")
-                if self.have_time:
-                    with open(rssfile) as f:
-                        words = f.read().split()
-                    if words and words[-1].isdigit():
-                        peak = max(peak or 0, int(words[-1]))
-            t1 = time.perf_counter()
+                    if p.returncode != 0:
+                        out.close()
+                        with open(logfile, "rb") as f:
+                            log_tail = f.read()[-4000:].decode(errors="replace")
+                        raise BenchError(f"{what}: exit {p.returncode}: {' '.join(cmd)}\n{log_tail}")
+                    if self.have_time:
+                        with open(rssfile) as f:
+                            words = f.read().split()
+                        if words and words[-1].isdigit():
+                            peak = max(peak or 0, int(words[-1]))
+                t1 = time.perf_counter()
+        finally:
+            for *_, out in runs:
+                out.close()
         return Sample(t1 - t0, peak, sampler.growth() if sampler else None)
