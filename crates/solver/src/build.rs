@@ -230,13 +230,13 @@ pub fn build(
     let results = match outcome {
         Ok(results) => results,
         Err(e) => {
-            let _ = shared.finish_records();
+            let _ = shared.background.finish();
             return Err(Arc::try_unwrap(e).unwrap_or_else(BuildError::Shared));
         }
     };
     let finished = finish(plan, &shared, &results, &exports, source_date_epoch, saved);
     if finished.is_err() {
-        let _ = shared.finish_records();
+        let _ = shared.background.finish();
     }
     finished
 }
@@ -257,11 +257,11 @@ fn finish(
     if exports.is_empty() {
         // The last layers' syncs go on while the image is stored.
         let built = store_image(shared, config, layers, None)?;
-        shared.finish_records()?;
+        shared.background.finish()?;
         return Ok(built);
     }
     // Exports read the records.
-    shared.finish_records()?;
+    shared.background.finish()?;
     let mut cache_manifests = Vec::new();
     let mut inline = None;
     for export in exports {
@@ -276,7 +276,7 @@ fn finish(
         }
     }
     let mut built = store_image(shared, config, layers, inline.as_ref())?;
-    shared.finish_records()?;
+    shared.background.finish()?;
     built.cache_manifests = cache_manifests;
     Ok(built)
 }
@@ -483,7 +483,7 @@ fn fill_times(times: &mut [Option<String>], now: &str) {
 }
 
 /// Stores the config and manifest of a finished image; their syncs go
-/// on beside the build's last ones ([`Shared::finish_records`] waits).
+/// on beside the build's last ones (the build waits for them).
 fn store_image(
     shared: &Shared,
     config: ImageConfig,

@@ -258,6 +258,6 @@ pub(crate) fn run(
     .map_err(|e| fail(format!("reading the changes: {e}")))?;
     // The upper directory must outlive the layer written from it.
     let layer = run.commit_layer(&entries, base_fs, line);
-    drop(dirs);
+    run.background.discard((dirs, files));
     layer
 }

@@ -5,6 +5,7 @@
 //! - [`build`]: runs a frontend [`Plan`](rbuild_frontend::Plan), stage by
 //!   stage, into an image in the content store.
 
+mod background;
 mod build;
 mod cache_io;
 mod cache_key;

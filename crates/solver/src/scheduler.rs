@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use tokio::sync::{OnceCell, Semaphore};
 
 use crate::ContentStore;
+use crate::background::Background;
 use crate::build::{BuildError, BuildOptions};
 use crate::cache_io::ImportedCache;
 use crate::cache_key::{StepKey, checksum_error, record_files, step_key};
@@ -72,15 +73,8 @@ pub(crate) struct Shared {
     learned: Mutex<Learned>,
     /// `--cache-from` caches, searched after the root's own.
     pub imports: Vec<ImportedCache>,
-    /// Records being stored once their layers are synced.
-    recording: Mutex<Vec<Recording>>,
-}
-
-/// A cache record being stored (see [`Shared::record_when_synced`]).
-enum Recording {
-    Running(std::thread::JoinHandle<Result<(), BuildError>>),
-    /// No thread could be started.
-    Failed(BuildError),
+    /// Syncs, records and cleanups going on beside the steps.
+    pub background: Background,
 }
 
 #[derive(Default)]
@@ -127,7 +121,7 @@ impl Shared {
             known: OnceLock::new(),
             learned: Mutex::new(Learned::default()),
             imports,
-            recording: Mutex::default(),
+            background: Background::default(),
         }
     }
 
@@ -384,6 +378,7 @@ impl Shared {
             graph: &self.graph,
             store: &self.store,
             summaries: &self.summaries,
+            background: &self.background,
             options: &self.options,
             inputs,
             vertex: vertex.id,
@@ -432,10 +427,9 @@ impl Shared {
     }
 
     /// Stores the record of a step that wrote a layer once the layer's
-    /// blob is synced, on a thread of its own, so that the build goes on
+    /// blob is synced, in the background, so that the build goes on
     /// meanwhile; the step's key stays locked until then, so a concurrent
-    /// build waiting for it finds the record. [`Shared::finish_records`]
-    /// waits for all of them.
+    /// build waiting for it finds the record.
     fn record_when_synced(
         &self,
         key: Digest,
@@ -445,64 +439,22 @@ impl Shared {
         line: usize,
     ) {
         let meta = Arc::clone(&self.meta);
-        let job = std::thread::Builder::new()
-            .name("rbuild-record".into())
-            .spawn(move || {
-                sync.wait()
-                    .map_err(|source| BuildError::Layer { line, source })?;
-                meta.put(&key, &record).map_err(BuildError::Metadata)?;
-                drop(lock);
-                Ok(())
-            });
-        self.push_recording(job);
+        self.background.spawn("rbuild-record", move || {
+            sync.wait()
+                .map_err(|source| BuildError::Layer { line, source })?;
+            meta.put(&key, &record).map_err(BuildError::Metadata)?;
+            drop(lock);
+            Ok(())
+        });
     }
 
-    /// Syncs a blob on a thread of its own; [`Shared::finish_records`]
-    /// waits for it.
+    /// Syncs a blob in the background.
     pub(crate) fn sync_later(&self, sync: Option<PendingSync>) {
-        let Some(sync) = sync else { return };
-        let job = std::thread::Builder::new()
-            .name("rbuild-sync".into())
-            .spawn(move || sync.wait().map_err(BuildError::Store));
-        self.push_recording(job);
-    }
-
-    fn push_recording(
-        &self,
-        job: std::io::Result<std::thread::JoinHandle<Result<(), BuildError>>>,
-    ) {
-        let job = match job {
-            Ok(handle) => Recording::Running(handle),
-            Err(e) => Recording::Failed(BuildError::Internal(format!(
-                "starting a thread to store a cache record: {e}"
-            ))),
-        };
-        self.recording
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(job);
-    }
-
-    /// Waits until every step's record is stored (its layer synced) and
-    /// every blob handed to [`Shared::sync_later`] is synced; returns the
-    /// first failure.
-    pub(crate) fn finish_records(&self) -> Result<(), BuildError> {
-        let jobs = std::mem::take(&mut *self.recording.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut first = None;
-        for job in jobs {
-            let result = match job {
-                Recording::Running(handle) => handle.join().unwrap_or_else(|_| {
-                    Err(BuildError::Internal(
-                        "storing a cache record panicked".into(),
-                    ))
-                }),
-                Recording::Failed(e) => Err(e),
-            };
-            if let Err(e) = result {
-                first.get_or_insert(e);
-            }
+        if let Some(sync) = sync {
+            self.background.spawn("rbuild-sync", move || {
+                sync.wait().map_err(BuildError::Store)
+            });
         }
-        first.map_or(Ok(()), Err)
     }
 
     /// A usable cache record: the root's own, or an imported one, whose

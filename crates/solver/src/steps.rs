@@ -16,6 +16,7 @@ use rbuild_frontend::{CopyOp, Graph, MkdirOp, NodeId, Op};
 use rbuild_oci::{BlobStore, Descriptor, Digest, media_type};
 
 use crate::ContentStore;
+use crate::background::Background;
 use crate::build::{BuildError, BuildOptions};
 use crate::content::PendingSync;
 use crate::progress::{Event, VertexId};
@@ -45,6 +46,8 @@ pub(crate) struct Run<'a> {
     pub(crate) store: &'a ContentStore,
     /// The build's layer summaries.
     pub(crate) summaries: &'a LayerSummaries,
+    /// Where finished work's scratch goes to be removed.
+    pub(crate) background: &'a Background,
     pub(crate) options: &'a BuildOptions,
     pub(crate) inputs: &'a HashMap<NodeId, Arc<NodeResult>>,
     /// The vertex whose output RUN logs are.
@@ -197,7 +200,10 @@ impl Run<'_> {
             what,
             source,
         })?;
-        self.commit_layer(&copied.entries, base_fs, line)
+        let layer = self.commit_layer(&copied.entries, base_fs, line);
+        // Entries may read from both until the layer is written.
+        self.background.discard((copied, source_dir));
+        layer
     }
 
     /// Applies `layers` into a fresh scratch directory.
