@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     pub imports: Vec<ImportedCache>,
     /// Syncs, records and cleanups going on beside the steps.
     pub background: Background,
+    /// Blobs known to be in the store.
+    present: Mutex<HashSet<Digest>>,
 }
 
 #[derive(Default)]
@@ -122,6 +124,7 @@ impl Shared {
             learned: Mutex::new(Learned::default()),
             imports,
             background: Background::default(),
+            present: Mutex::default(),
         }
     }
 
@@ -498,7 +501,21 @@ impl Shared {
 
     /// Whether a blob is in the store or can be fetched from an import.
     fn blob_available(&self, digest: &Digest) -> bool {
-        self.store.path(digest).exists() || self.imports.iter().any(|i| i.has_blob(digest))
+        self.blob_present(digest) || self.imports.iter().any(|i| i.has_blob(digest))
+    }
+
+    /// Whether a blob is in the store; a blob found once stays (GC keeps
+    /// away while a build runs), so each is looked for once per build.
+    fn blob_present(&self, digest: &Digest) -> bool {
+        let mut present = self.present.lock().unwrap_or_else(|p| p.into_inner());
+        if present.contains(digest) {
+            return true;
+        }
+        let found = self.store.path(digest).exists();
+        if found {
+            present.insert(*digest);
+        }
+        found
     }
 
     /// Why a step missed, when explaining is on.
@@ -515,7 +532,7 @@ impl Shared {
     pub(crate) fn ensure_blobs(&self, layers: &[Layer], line: usize) -> Result<(), BuildError> {
         for layer in layers {
             let digest = &layer.descriptor.digest;
-            if self.store.path(digest).exists() {
+            if self.blob_present(digest) {
                 continue;
             }
             let fetched = self
