@@ -242,3 +242,32 @@ fn interrupt_leaves_nothing_behind() {
         assert!(left.is_empty(), "left in {tmp}: {left:?}");
     }
 }
+
+#[test]
+fn the_root_overlay_is_volatile() {
+    // Without `volatile`, the container's exit syncs the whole filesystem
+    // holding the upper directory; the upper directory is scratch.
+    if !require_run() {
+        return;
+    }
+    let env = Env::new();
+    let out = build_rootfs(
+        &env,
+        "FROM busybox\nRUN grep '^overlay / overlay ' /proc/mounts > /root-mount\n",
+    );
+    let mount = std::fs::read_to_string(out.join("root-mount")).unwrap();
+    let options: Vec<&str> = mount
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or("")
+        .split(',')
+        .collect();
+    // Linux shows the flag as `volatile` (5.10) or `fsync=volatile` (6.x).
+    assert!(
+        options
+            .iter()
+            .any(|o| *o == "volatile" || *o == "fsync=volatile"),
+        "{mount}"
+    );
+    no_mounts_left(&env);
+}

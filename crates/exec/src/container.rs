@@ -52,7 +52,8 @@
 //! `index=off,redirect_dir=off,metacopy=off` when the kernel knows those
 //! options, so that `upper` is a plain diff: new and changed files, and
 //! whiteouts as 0:0 character devices and opaque directories as
-//! `trusted.overlay.opaque` xattrs). With no lowers (`FROM scratch`) the
+//! `trusted.overlay.opaque` xattrs), and `volatile` (nothing needs the
+//! scratch upper directory synced). With no lowers (`FROM scratch`) the
 //! upper directory itself is bind-mounted as the root and `work` is unused.
 //! Many lower layers: overlay options must fit in one page (4096 bytes); if
 //! the absolute paths do not, the init changes into the deepest common

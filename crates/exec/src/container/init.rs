@@ -382,6 +382,16 @@ const DIFF_OPTIONS: &[(&str, &str)] = &[
     ("metacopy", "off"),
 ];
 
+/// Overlay's `volatile` flag (Linux 5.10+): no syncing of the upper
+/// filesystem, above all when the container's mount namespace goes away,
+/// where overlay would otherwise write back and wait for every dirty page
+/// of the whole filesystem holding the upper directory: 3 to 9 ms after
+/// even a trivial RUN on a journaled ext4 (a journal commit), a quarter of
+/// a second after a RUN that wrote 500 MB. Nothing needs that durability:
+/// the upper directory is a scratch diff that is read once into a layer
+/// blob, which the content store fsyncs, and a crash discards it.
+const VOLATILE: &str = "volatile";
+
 fn mount_root(paths: &Paths) -> Res<()> {
     if paths.lowers.is_empty() {
         return rustix::mount::mount_bind(&paths.upper, &paths.rootfs).ctx(|| {
@@ -445,6 +455,8 @@ fn mount_root(paths: &Paths) -> Res<()> {
             for (k, v) in DIFF_OPTIONS {
                 with_diff.extend(format!(",{k}={v}").as_bytes());
             }
+            let mut with_volatile = with_diff.clone();
+            with_volatile.extend(format!(",{VOLATILE}").as_bytes());
             let mount = |data: Vec<u8>| {
                 let data = CString::new(data).expect("no NUL in paths");
                 rustix::mount::mount(
@@ -457,8 +469,11 @@ fn mount_root(paths: &Paths) -> Res<()> {
             };
             // Kernels that do not know an option refuse the mount: retry
             // without them (their defaults are then what they are).
-            let result = match mount(with_diff) {
-                Err(rustix::io::Errno::INVAL) => mount(data),
+            let result = match mount(with_volatile) {
+                Err(rustix::io::Errno::INVAL) => match mount(with_diff) {
+                    Err(rustix::io::Errno::INVAL) => mount(data),
+                    other => other,
+                },
                 other => other,
             };
             if chdir {
@@ -501,6 +516,7 @@ fn mount_root_fsconfig(paths: &Paths) -> Res<()> {
     for (k, v) in DIFF_OPTIONS {
         let _ = rustix::mount::fsconfig_set_string(&fs, *k, *v);
     }
+    let _ = rustix::mount::fsconfig_set_flag(&fs, VOLATILE);
     rustix::mount::fsconfig_create(&fs).map_err(|e| with_log(e, "creating the overlay".into()))?;
     let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
         .map_err(|e| with_log(e, "fsmount".into()))?;
