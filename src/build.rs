@@ -74,6 +74,8 @@ pub fn run(root: &Root, args: BuildArgs, config: &Config) -> Result<()> {
     // Held until the image is named: until then its blobs (pulled bases
     // included) are unreferenced and a concurrent prune must not take them.
     let guard = rbuild_solver::gc::build_guard(root).context("locking the root")?;
+    // Read while the Dockerfile and the context are.
+    root.open_metadata_early();
     let cache_imports: Vec<rbuild_solver::CacheImport> = args
         .cache_from
         .iter()

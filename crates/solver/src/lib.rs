@@ -35,6 +35,15 @@ pub use content::{ContentStore, Ingest, PrehashedIngest};
 pub use images::{ImageRecord, ImageStore, ImageStoreError};
 pub use mounts::{SecretSource, parse_ssh};
 
+/// A root's metadata database: opened, or being opened on another thread.
+#[derive(Debug, Default)]
+struct MetadataSlot {
+    opened: std::sync::OnceLock<std::sync::Arc<metadata::Metadata>>,
+    opening: std::sync::Mutex<
+        Option<std::thread::JoinHandle<Result<metadata::Metadata, metadata::MetadataError>>>,
+    >,
+}
+
 /// rbuild's state directory.
 #[derive(Debug, Clone)]
 pub struct Root {
@@ -42,7 +51,7 @@ pub struct Root {
     pub content: ContentStore,
     pub images: ImageStore,
     scratch: std::sync::Arc<scratch::ProcessScratch>,
-    metadata: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<metadata::Metadata>>>,
+    metadata: std::sync::Arc<MetadataSlot>,
 }
 
 impl Root {
@@ -71,11 +80,45 @@ impl Root {
 
     /// The build cache's metadata database, opened on first use.
     pub fn metadata(&self) -> Result<std::sync::Arc<metadata::Metadata>, metadata::MetadataError> {
-        if let Some(m) = self.metadata.get() {
+        if let Some(m) = self.metadata.opened.get() {
             return Ok(m.clone());
         }
-        let opened = std::sync::Arc::new(metadata::Metadata::open(&self.path)?);
-        Ok(self.metadata.get_or_init(|| opened).clone())
+        let opening = self
+            .metadata
+            .opening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let opened = match opening.map(std::thread::JoinHandle::join) {
+            Some(Ok(Ok(opened))) => opened,
+            // A failed or panicked opening is tried again here, for its error.
+            _ => metadata::Metadata::open(&self.path)?,
+        };
+        let opened = std::sync::Arc::new(opened);
+        Ok(self.metadata.opened.get_or_init(|| opened).clone())
+    }
+
+    /// Starts opening the metadata database on another thread, for a
+    /// command that will need it: SQLite's first connection to a database
+    /// in WAL mode sets up its shared index, most of a millisecond that
+    /// can go on while the command reads its input. [`Root::metadata`]
+    /// waits for it.
+    pub fn open_metadata_early(&self) {
+        if self.metadata.opened.get().is_some() {
+            return;
+        }
+        let mut opening = self
+            .metadata
+            .opening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if opening.is_none() {
+            let path = self.path.clone();
+            *opening = std::thread::Builder::new()
+                .name("rbuild-metadata".into())
+                .spawn(move || metadata::Metadata::open(&path))
+                .ok();
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -94,5 +137,27 @@ impl Root {
     /// creates it when a step first needs it).
     pub fn tmp_path(&self) -> PathBuf {
         self.scratch.path().to_path_buf()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_opened_early_is_the_one_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        root.open_metadata_early();
+        root.open_metadata_early(); // a second call starts nothing new
+        let first = root.metadata().unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &root.metadata().unwrap()));
+        assert_eq!(first.get(&rbuild_oci::Digest::of(b"key")).unwrap(), None);
+
+        // An early open that failed is tried again, for its error.
+        let root = Root::open(&dir.path().join("other")).unwrap();
+        std::fs::create_dir(root.path().join("metadata.db")).unwrap();
+        root.open_metadata_early();
+        assert!(root.metadata().is_err());
     }
 }
