@@ -14,6 +14,7 @@
 //! keep them; the encoding carries a version, and bytes of another version
 //! or damaged bytes are refused, not misread.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 
@@ -139,6 +140,75 @@ impl LayerSummary {
             touch = Touch::Yes;
         }
         touch
+    }
+}
+
+/// Which layer each regular file of a stack of layers comes from: the
+/// topmost layer that wrote it, as long as no layer above removed or
+/// replaced it. Hard links are left out (their content is another
+/// entry's). `K` names a layer.
+#[derive(Debug, Clone)]
+pub struct FileOrigins<K> {
+    files: BTreeMap<String, K>,
+}
+
+impl<K> Default for FileOrigins<K> {
+    fn default() -> Self {
+        FileOrigins {
+            files: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Clone> FileOrigins<K> {
+    /// Adds the next layer up, `layer`, named `key`.
+    pub fn apply(&mut self, layer: &LayerSummary, key: &K) {
+        for removal in &layer.removals {
+            self.remove_below(&removal.path);
+            if !removal.opaque {
+                self.files.remove(&removal.path);
+            }
+        }
+        for addition in &layer.additions {
+            if addition.node.kind == NodeKind::Directory {
+                self.files.remove(&addition.path);
+                continue;
+            }
+            self.remove_below(&addition.path);
+            if addition.node.kind == NodeKind::File && !addition.hard_link {
+                self.files.insert(addition.path.clone(), key.clone());
+            } else {
+                self.files.remove(&addition.path);
+            }
+        }
+    }
+
+    /// The layer a regular file (a clean relative path) comes from.
+    pub fn get(&self, path: &str) -> Option<&K> {
+        self.files.get(path)
+    }
+
+    /// Every regular file and its layer, by path.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &K)> {
+        self.files.iter().map(|(p, k)| (p.as_str(), k))
+    }
+
+    fn remove_below(&mut self, dir: &str) {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        let below: Vec<String> = self
+            .files
+            .range(prefix.clone()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for path in below {
+            self.files.remove(&path);
+        }
     }
 }
 
@@ -445,5 +515,55 @@ mod tests {
         let summary = LayerSummary::read(&builder.into_inner().unwrap()[..]).unwrap();
         let paths: Vec<&str> = summary.additions.iter().map(|a| a.path.as_str()).collect();
         assert_eq!(paths, ["f"]);
+    }
+
+    #[test]
+    fn file_origins_follow_the_topmost_writer() {
+        let file = |p: &str| entry(p, EntryKind::Bytes(b"x".to_vec()));
+        let lower = LayerSummary::read(
+            &layer(&[
+                entry("out", EntryKind::Directory),
+                file("out/a"),
+                file("out/b"),
+                file("out/c"),
+                entry("opq", EntryKind::Directory),
+                file("opq/old"),
+                file("gone"),
+                file("becomes-dir"),
+            ])[..],
+        )
+        .unwrap();
+        let upper = LayerSummary::read(
+            &layer(&[
+                file("out/a"),
+                entry("out/b", EntryKind::Symlink { target: "a".into() }),
+                entry(
+                    "out/c",
+                    EntryKind::Hardlink {
+                        target: "out/a".into(),
+                    },
+                ),
+                entry("opq", EntryKind::Directory),
+                entry("opq/.wh..wh..opq", EntryKind::Bytes(Vec::new())),
+                entry(".wh.gone", EntryKind::Bytes(Vec::new())),
+                entry("becomes-dir", EntryKind::Directory),
+            ])[..],
+        )
+        .unwrap();
+        let mut origins = FileOrigins::default();
+        origins.apply(&lower, &"lower");
+        assert_eq!(origins.get("out/b"), Some(&"lower"));
+        origins.apply(&upper, &"upper");
+        assert_eq!(origins.get("out/a"), Some(&"upper"), "rewritten above");
+        assert_eq!(origins.get("out/b"), None, "now a symlink");
+        assert_eq!(origins.get("out/c"), None, "now a hard link");
+        assert_eq!(
+            origins.get("opq/old"),
+            None,
+            "hidden by an opaque directory"
+        );
+        assert_eq!(origins.get("gone"), None, "whited out");
+        assert_eq!(origins.get("becomes-dir"), None, "now a directory");
+        assert_eq!(origins.iter().count(), 1);
     }
 }

@@ -20,9 +20,10 @@ use rbuild_oci::Digest;
 use serde_json::{Value, json};
 
 use crate::build::BuildError;
-use crate::checksum::{Selection, checksum_selection};
+use crate::checksum::Selection;
 use crate::scheduler::{NodeResult, Shared};
 use crate::steps::{Layer, ScratchDir, context_matcher, copy_exclude_matcher, materialize_for};
+use rbuild_exec::summary::FileOrigins;
 
 /// Files listed per step for `--explain-cache`; above this only the
 /// selection's checksum is kept.
@@ -200,12 +201,14 @@ fn stage_checksum(
         .store
         .scratch()
         .map_err(|source| BuildError::Source { line, source })?;
+    let mut origins = FileOrigins::default();
     let dir = materialize_for(
         &shared.store,
         &shared.summaries,
         &shared.options,
         layers,
         Some(&copy.sources),
+        Some(&mut origins),
         line,
     )?;
     let selection = Selection {
@@ -216,9 +219,8 @@ fn stage_checksum(
         parents: copy.parents,
         keep_owners: true,
     };
-    let sum = checksum_selection(&selection, &HashMap::new())
-        .map_err(|e| checksum_error(e, line, copy_what(copy)))?
-        .digest;
+    let sum = crate::layer_files::checksum(&shared.meta, &selection, &origins)
+        .map_err(|e| checksum_error(e, line, copy_what(copy)))?;
     shared.put_source_sum(&selection_key, &sum)?;
     Ok((sum, Some(dir)))
 }

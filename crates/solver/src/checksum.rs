@@ -70,8 +70,11 @@ fn nanos(secs: i64, nsecs: i64) -> i64 {
 pub trait KnownHashes: Sync {
     /// The content digest of `path`, if it was read when it had `stamp`.
     fn get(&self, path: &Path, stamp: &FileStamp) -> Option<Digest>;
-    /// How many files are known.
-    fn count(&self) -> usize;
+    /// Whether the tree is better walked on the calling thread than on
+    /// the pool (see [`PARALLEL_MIN_KNOWN`]).
+    fn walk_serially(&self) -> bool {
+        false
+    }
 }
 
 impl KnownHashes for HashMap<PathBuf, (FileStamp, Digest)> {
@@ -82,8 +85,10 @@ impl KnownHashes for HashMap<PathBuf, (FileStamp, Digest)> {
         }
     }
 
-    fn count(&self) -> usize {
-        self.len()
+    /// A context whose files are mostly known from earlier builds, and
+    /// few.
+    fn walk_serially(&self) -> bool {
+        (1..PARALLEL_MIN_KNOWN).contains(&self.len())
     }
 }
 
@@ -160,29 +165,49 @@ pub fn checksum_selection(
     checksum_selection_at(sel, known, SystemTime::now())
 }
 
+/// [`checksum_selection`] of a tree this build unpacked, which nothing
+/// else writes: every file read is offered in
+/// [`SelectionChecksum::hashed`], however recently it changed.
+pub fn checksum_unpacked(
+    sel: &Selection<'_>,
+    known: &dyn KnownHashes,
+) -> Result<SelectionChecksum, ChecksumError> {
+    checksum_trusting(sel, known, i64::MAX)
+}
+
 /// [`checksum_selection`], started at `now`.
 fn checksum_selection_at(
     sel: &Selection<'_>,
     known: &dyn KnownHashes,
     now: SystemTime,
 ) -> Result<SelectionChecksum, ChecksumError> {
-    let filters = Filters {
-        exclude: sel.exclude,
-        copy_exclude: sel.copy_exclude,
-    };
-    let selected = select_sources(sel.root, sel.sources, filters)?;
     let trusted_before = now
         .checked_sub(RACY_WINDOW)
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(i64::MIN, |d| {
             i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
         });
+    checksum_trusting(sel, known, trusted_before)
+}
+
+/// The checksum, offering for reuse the digests of files whose change
+/// time is before `trusted_before` (nanoseconds since the epoch).
+fn checksum_trusting(
+    sel: &Selection<'_>,
+    known: &dyn KnownHashes,
+    trusted_before: i64,
+) -> Result<SelectionChecksum, ChecksumError> {
+    let filters = Filters {
+        exclude: sel.exclude,
+        copy_exclude: sel.copy_exclude,
+    };
+    let selected = select_sources(sel.root, sel.sources, filters)?;
     let run = Run {
         sel,
         filters,
         known,
         trusted_before,
-        parallel: known.count() == 0 || known.count() >= PARALLEL_MIN_KNOWN,
+        parallel: !known.walk_serially(),
     };
     let done: Vec<Vec<Done>> = if run.parallel {
         selected

@@ -1193,7 +1193,7 @@ fn collect(root: &Root, rules: &Rules) -> Result<Pruned, GcError> {
                     Err(e) => pruned.warnings.push(format!("blob {d}: {e}")),
                 }
             }
-            root.metadata()?.forget_layer_summaries(&deleted)?;
+            root.metadata()?.forget_blobs(&deleted)?;
         } else {
             pruned.warnings.extend(again);
         }

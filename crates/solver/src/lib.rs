@@ -15,6 +15,7 @@ mod exec_step;
 mod explain;
 pub mod gc;
 mod images;
+mod layer_files;
 pub mod metadata;
 mod mounts;
 pub mod progress;

@@ -31,7 +31,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 const WAL_CHECKPOINT_BYTES: u64 = 256 * 1024;
 
 /// Bumped when [`SCHEMA`] changes (stored as SQLite's `user_version`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cache (
@@ -69,6 +69,12 @@ CREATE TABLE IF NOT EXISTS converted_layers (
 CREATE TABLE IF NOT EXISTS layer_summaries (
     blob    TEXT PRIMARY KEY,     -- a compressed layer blob's digest
     summary BLOB NOT NULL         -- rbuild_exec::summary::LayerSummary bytes
+);
+CREATE TABLE IF NOT EXISTS layer_files (
+    blob   TEXT NOT NULL,         -- a layer blob's digest
+    path   TEXT NOT NULL,         -- a regular file it holds (clean, relative)
+    digest TEXT NOT NULL,         -- the file's content digest
+    PRIMARY KEY (blob, path)
 );
 ";
 
@@ -494,15 +500,52 @@ impl Metadata {
         })
     }
 
-    /// Forgets the summaries of blobs that were deleted.
-    pub fn forget_layer_summaries(&self, blobs: &[Digest]) -> Result<(), MetadataError> {
+    /// Forgets what is known of the contents of blobs that were deleted
+    /// (their summaries and file digests).
+    pub fn forget_blobs(&self, blobs: &[Digest]) -> Result<(), MetadataError> {
         self.with(|c| {
             let tx = c.transaction()?;
             {
-                let mut delete =
+                let mut summaries =
                     tx.prepare_cached("DELETE FROM layer_summaries WHERE blob = ?1")?;
+                let mut files = tx.prepare_cached("DELETE FROM layer_files WHERE blob = ?1")?;
                 for blob in blobs {
-                    delete.execute([blob.to_string()])?;
+                    summaries.execute([blob.to_string()])?;
+                    files.execute([blob.to_string()])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// The content digests known for files of a layer blob, by path.
+    pub fn layer_files(&self, blob: &Digest) -> Result<Vec<(String, Digest)>, MetadataError> {
+        let b = blob.to_string();
+        let rows: Vec<(String, String)> = self.with(|c| {
+            c.prepare_cached("SELECT path, digest FROM layer_files WHERE blob = ?1")?
+                .query_map([&b], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(path, digest)| Some((path, digest.parse().ok()?)))
+            .collect())
+    }
+
+    /// Remembers the content digests of files of layer blobs: (blob,
+    /// path, digest).
+    pub fn put_layer_files(&self, files: &[(Digest, String, Digest)]) -> Result<(), MetadataError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO layer_files (blob, path, digest) VALUES (?1, ?2, ?3)",
+                )?;
+                for (blob, path, digest) in files {
+                    insert.execute(params![blob.to_string(), path, digest.to_string()])?;
                 }
             }
             tx.commit()

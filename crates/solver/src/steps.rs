@@ -11,7 +11,7 @@ use rbuild_exec::copy::{CopySpec, copy_entries};
 use rbuild_exec::layer::{Entry, EntryKind, LayerWriter};
 use rbuild_exec::patterns::PatternMatcher;
 use rbuild_exec::snapshot::Snapshots;
-use rbuild_exec::summary::Touch;
+use rbuild_exec::summary::{FileOrigins, Touch};
 use rbuild_frontend::{CopyOp, Graph, MkdirOp, NodeId, Op};
 use rbuild_oci::{BlobStore, Descriptor, Digest, media_type};
 
@@ -175,6 +175,7 @@ impl Run<'_> {
                         self.options,
                         &layers,
                         Some(&copy.sources),
+                        None,
                         line,
                     )?)
                 }
@@ -279,20 +280,22 @@ pub(crate) fn materialize(
     layers: &[Layer],
     line: usize,
 ) -> Result<ScratchDir, BuildError> {
-    materialize_for(store, summaries, options, layers, None, line)
+    materialize_for(store, summaries, options, layers, None, None, line)
 }
 
 /// Applies into a fresh scratch directory the layers of `layers` that can
 /// matter for files below `sources` (paths or patterns relative to the
 /// root); all of them when `sources` is None. A `COPY --from=build /out/
 /// ...` then unpacks the layers that touch `/out`, not the whole base
-/// image below it.
+/// image below it. With `origins`, also tells which layer blob each
+/// regular file comes from.
 pub(crate) fn materialize_for(
     store: &ContentStore,
     summaries: &LayerSummaries,
     options: &BuildOptions,
     layers: &[Layer],
     sources: Option<&[String]>,
+    mut origins: Option<&mut FileOrigins<Digest>>,
     line: usize,
 ) -> Result<ScratchDir, BuildError> {
     let dir =
@@ -303,8 +306,15 @@ pub(crate) fn materialize_for(
         None => vec![true; layers.len()],
     };
     for (layer, _) in layers.iter().zip(wanted).filter(|(_, w)| *w) {
+        let digest = &layer.descriptor.digest;
+        if let Some(origins) = origins.as_deref_mut() {
+            let summary = summaries
+                .get(store, digest)
+                .map_err(|source| BuildError::Source { line, source })?;
+            origins.apply(&summary, digest);
+        }
         let file = store
-            .open(&layer.descriptor.digest)
+            .open(digest)
             .map_err(|source| BuildError::Source { line, source })?;
         rbuild_exec::apply::apply_layer(&dir.path, file).map_err(|e| BuildError::Source {
             line,

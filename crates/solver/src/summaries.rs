@@ -143,7 +143,7 @@ mod tests {
         );
 
         // Deleting the blob forgets its summary.
-        meta.forget_layer_summaries(&[blob]).unwrap();
+        meta.forget_blobs(&[blob]).unwrap();
         assert_eq!(meta.layer_summary(&blob).unwrap(), None);
     }
 
