@@ -110,20 +110,7 @@ impl BaseFs {
             self.nodes.remove(path);
             self.files.remove(path);
         }
-        let prefix = if path.is_empty() {
-            String::new()
-        } else {
-            format!("{path}/")
-        };
-        let doomed: Vec<String> = self
-            .nodes
-            .range(prefix.clone()..)
-            .map(|(k, _)| k)
-            .take_while(|k| k.starts_with(&prefix))
-            .cloned()
-            .collect();
-        for k in doomed {
-            self.nodes.remove(&k);
+        for k in remove_below(&mut self.nodes, path) {
             self.files.remove(&k);
         }
     }
@@ -370,6 +357,26 @@ fn parse_id(s: &str) -> Result<Option<u32>, UserError> {
     s.parse::<u32>()
         .map(Some)
         .map_err(|_| UserError::OutOfRange(s.to_string()))
+}
+
+/// Removes from `map` every path below `dir` (clean and relative; `""`
+/// for the root); returns the removed paths.
+pub(crate) fn remove_below<V>(map: &mut BTreeMap<String, V>, dir: &str) -> Vec<String> {
+    let prefix = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
+    let below: Vec<String> = map
+        .range(prefix.clone()..)
+        .map(|(k, _)| k)
+        .take_while(|k| k.starts_with(&prefix))
+        .cloned()
+        .collect();
+    for path in &below {
+        map.remove(path);
+    }
+    below
 }
 
 fn components(path: &str) -> Vec<String> {

@@ -20,7 +20,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 
 use serde::{Deserialize, Serialize};
 
-use crate::basefs::{KEPT_FILES, MAX_KEPT_SIZE, Node, NodeKind};
+use crate::basefs::{KEPT_FILES, MAX_KEPT_SIZE, Node, NodeKind, remove_below};
 
 /// Bumped whenever what a summary holds, or how, changes.
 const FORMAT_VERSION: u32 = 1;
@@ -164,7 +164,7 @@ impl<K: Clone> FileOrigins<K> {
     /// Adds the next layer up, `layer`, named `key`.
     pub fn apply(&mut self, layer: &LayerSummary, key: &K) {
         for removal in &layer.removals {
-            self.remove_below(&removal.path);
+            remove_below(&mut self.files, &removal.path);
             if !removal.opaque {
                 self.files.remove(&removal.path);
             }
@@ -174,7 +174,7 @@ impl<K: Clone> FileOrigins<K> {
                 self.files.remove(&addition.path);
                 continue;
             }
-            self.remove_below(&addition.path);
+            remove_below(&mut self.files, &addition.path);
             if addition.node.kind == NodeKind::File && !addition.hard_link {
                 self.files.insert(addition.path.clone(), key.clone());
             } else {
@@ -191,24 +191,6 @@ impl<K: Clone> FileOrigins<K> {
     /// Every regular file and its layer, by path.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &K)> {
         self.files.iter().map(|(p, k)| (p.as_str(), k))
-    }
-
-    fn remove_below(&mut self, dir: &str) {
-        let prefix = if dir.is_empty() {
-            String::new()
-        } else {
-            format!("{dir}/")
-        };
-        let below: Vec<String> = self
-            .files
-            .range(prefix.clone()..)
-            .map(|(k, _)| k)
-            .take_while(|k| k.starts_with(&prefix))
-            .cloned()
-            .collect();
-        for path in below {
-            self.files.remove(&path);
-        }
     }
 }
 
