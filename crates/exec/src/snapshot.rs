@@ -376,10 +376,10 @@ impl Snapshots {
     }
 }
 
-/// Whether a `tmp/` entry named `<pid>-...` belongs to a process that no
-/// longer runs (pids are reused, so a live pid proves nothing; the age
-/// rule covers that case).
-fn owner_is_gone(name: &OsStr) -> bool {
+/// Whether a scratch entry named `<pid>-...` belongs to a process that no
+/// longer runs (pids are reused, so a live pid proves nothing; false for
+/// a name without a pid). rbuild names per-process scratch this way.
+pub fn owner_is_gone(name: &OsStr) -> bool {
     name.to_str()
         .and_then(|n| n.split('-').next())
         .and_then(|p| p.parse::<u32>().ok())

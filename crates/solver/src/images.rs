@@ -184,7 +184,7 @@ impl ImageStore {
             // The blobs named here must outlive a system crash as the
             // names do (the content store leaves that to us); that sync
             // and the new file's go on side by side.
-            let names = std::thread::scope(|scope| -> io::Result<NamedTempFile> {
+            let tmp = std::thread::scope(|scope| -> io::Result<NamedTempFile> {
                 let names = scope.spawn(|| match crate::content::sync_names(dir) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
                     _ => Ok(()),
@@ -198,7 +198,7 @@ impl ImageStore {
                     .map_err(|_| io::Error::other("syncing the blob names panicked"))??;
                 Ok(tmp)
             })?;
-            names.persist(&self.file).map_err(|e| e.error)?;
+            tmp.persist(&self.file).map_err(|e| e.error)?;
             File::open(dir)?.sync_all()
         };
         write().map_err(|source| self.io(&self.file, source))

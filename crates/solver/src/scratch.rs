@@ -53,8 +53,9 @@ impl ProcessScratch {
         let mut lock = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         if lock.is_none() {
             // Until the lock file exists, a sweeper keeps the directory
-            // because its owner (this pid) is alive.
-            fs::create_dir(&self.dir)?;
+            // because its owner (this pid) is alive. Something of this
+            // process may have made the directory already.
+            fs::create_dir_all(&self.dir)?;
             let file = OpenOptions::new()
                 .create(true)
                 .truncate(false)
@@ -69,10 +70,9 @@ impl ProcessScratch {
 
 impl Drop for ProcessScratch {
     fn drop(&mut self) {
-        let created = self.lock.get_mut().map_or(true, |lock| lock.is_some());
-        if created {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
+        // Whoever made it: a directory that was never made costs one
+        // failed system call here.
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -88,7 +88,7 @@ fn sweep(parent: &Path) -> io::Result<()> {
         let Ok(lock) = File::open(path.join(LOCK)) else {
             // No lock yet: either being created right now or abandoned
             // mid-creation; only the owner's pid can tell.
-            if owner_is_dead(&path) {
+            if rbuild_exec::snapshot::owner_is_gone(&entry.file_name()) {
                 let _ = fs::remove_dir_all(&path);
             }
             continue;
@@ -98,19 +98,6 @@ fn sweep(parent: &Path) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether the pid in a `<pid>-<nonce>` directory name no longer runs.
-fn owner_is_dead(dir: &Path) -> bool {
-    let pid = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.split('-').next())
-        .and_then(|p| p.parse::<u32>().ok());
-    match pid {
-        Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
-        None => false,
-    }
 }
 
 #[cfg(test)]
@@ -136,6 +123,21 @@ mod tests {
         drop(live);
         assert!(!live_path.exists());
         drop(other);
+        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_directory_made_before_ensure_is_locked_and_removed() {
+        let parent = tempfile::tempdir().unwrap();
+        let scratch = ProcessScratch::create(parent.path()).unwrap();
+        // Something of this process made it without the lock.
+        std::fs::create_dir_all(scratch.path().join("early")).unwrap();
+        let dir = scratch.ensure().unwrap().to_path_buf();
+        assert!(dir.join(LOCK).exists());
+        drop(scratch);
+        assert!(!dir.exists());
+        // One never made leaves nothing either.
+        drop(ProcessScratch::create(parent.path()).unwrap());
         assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
     }
 }
