@@ -1,6 +1,7 @@
 //! scripts/bench without running a benchmark: every workload file under
 //! benches/ is valid, a broken one is named with its path, and the report
-//! (tables, chart, README block) is computed from the samples it is given.
+//! (tables, chart, README block) is computed from the samples it is given,
+//! and its stopwatch reports what it measured.
 //! The benchmark itself needs root, docker, buildah and ~25 minutes; these
 //! checks keep the suite runnable between runs.
 
@@ -189,4 +190,81 @@ fn the_readme_has_the_block_the_suite_writes() {
         matches!((begin, end), (Some(b), Some(e)) if b < e),
         "README.md lacks the bench block"
     );
+}
+
+/// The suite's stopwatch (scripts/benchlib/timed.rs), built as the suite
+/// builds it, in `dir`.
+fn build_stopwatch(dir: &Path) -> std::path::PathBuf {
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/benchlib/timed.rs");
+    let binary = dir.join("timed");
+    let out = Command::new("rustc")
+        .args(["--edition", "2021", "-O", "-o"])
+        .arg(&binary)
+        .arg(source)
+        .output()
+        .expect("rustc runs (it comes with cargo)");
+    assert!(
+        out.status.success(),
+        "rustc timed.rs: {}",
+        text(&out.stderr)
+    );
+    binary
+}
+
+/// Runs the stopwatch on `cmd`; its exit code and the (seconds, KiB) it
+/// wrote, if it wrote them.
+fn stopwatch(timed: &Path, dir: &Path, cmd: &[&str]) -> (Option<i32>, Option<(f64, u64)>) {
+    let result = dir.join("result");
+    let _ = std::fs::remove_file(&result);
+    let status = Command::new(timed)
+        .arg(&result)
+        .args(cmd)
+        .status()
+        .expect("the stopwatch runs");
+    let written = std::fs::read_to_string(&result)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let words: Vec<&str> = s.split_whitespace().collect();
+            assert_eq!(words.len(), 2, "{s:?}");
+            (
+                words[0].parse().expect("seconds"),
+                words[1].parse().expect("KiB"),
+            )
+        });
+    (status.code(), written)
+}
+
+#[test]
+fn the_stopwatch_times_the_command_and_reports_its_peak_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let timed = build_stopwatch(dir.path());
+
+    let (code, written) = stopwatch(&timed, dir.path(), &["sleep", "0.3"]);
+    assert_eq!(code, Some(0));
+    let (seconds, _) = written.expect("a result for sleep");
+    assert!((0.3..2.0).contains(&seconds), "sleep 0.3 took {seconds} s");
+
+    // dd's 64 MiB buffer is filled from /dev/zero, so it is resident.
+    let (code, written) = stopwatch(
+        &timed,
+        dir.path(),
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+    );
+    assert_eq!(code, Some(0));
+    let (_, kib) = written.expect("a result for dd");
+    assert!(kib >= 64 * 1024, "dd's peak was {kib} KiB");
+    let (_, written) = stopwatch(&timed, dir.path(), &["true"]);
+    let (_, small) = written.expect("a result for true");
+    assert!(small < 16 * 1024, "true's peak was {small} KiB");
+
+    // Failures pass through, as the harness reads them.
+    let (code, written) = stopwatch(&timed, dir.path(), &["sh", "-c", "exit 3"]);
+    assert_eq!(code, Some(3));
+    assert!(written.is_some());
+    let (code, _) = stopwatch(&timed, dir.path(), &["sh", "-c", "kill -9 $$"]);
+    assert_eq!(code, Some(128 + 9));
+    let (code, written) = stopwatch(&timed, dir.path(), &["/nonexistent/tool"]);
+    assert_eq!(code, Some(127));
+    assert!(written.is_none());
 }

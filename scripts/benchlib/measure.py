@@ -1,17 +1,28 @@
-"""Timing a step: wall time from the first command's start to the last
-one's exit, each command's peak resident set (GNU time), and for docker the
+"""Timing a step: each command's wall time from its spawn to its reaping,
+summed over the step's commands, and its peak resident set (both measured
+by `timed`, timed.rs, which runs the command); for docker also the
 daemon's growth while the step runs (BuildKit lives inside dockerd)."""
 import contextlib
 import os
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from typing import Optional
 
-from .common import BenchError, clean_env
+from .common import REPO, BenchError, clean_env, log
 
-GNU_TIME = "/usr/bin/time"
+TIMED_SOURCE = os.path.join(REPO, "scripts", "benchlib", "timed.rs")
+
+
+def build_timed(directory):
+    """Compiles the stopwatch (timed.rs) into `directory`; returns its path."""
+    path = os.path.join(directory, "timed")
+    log("rustc timed.rs")
+    p = subprocess.run(["rustc", "--edition", "2021", "-O", "-o", path, TIMED_SOURCE],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if p.returncode != 0:
+        raise BenchError(f"rustc {TIMED_SOURCE} failed:\n{p.stdout.decode(errors='replace')}")
+    return path
 
 
 @dataclass
@@ -60,37 +71,35 @@ class DaemonSampler:
 
 
 class Meter:
-    def __init__(self, logdir, dockerd):
+    def __init__(self, logdir, dockerd, timed):
         self.logdir = logdir
         self.n = 0
-        self.have_time = os.access(GNU_TIME, os.X_OK) and subprocess.run(
-            [GNU_TIME, "-f", "%M", "-o", "/dev/null", "true"]).returncode == 0
+        self.timed = timed  # build_timed's stopwatch
         self.dockerd = dockerd  # the engine's PID, for its growth during docker's steps
 
     def measure(self, cmds, what, sample_daemon=False, env=None):
         """Runs the commands one after the other, timed together. Raises
         BenchError (with the failing command's output) when one fails."""
-        # Every command's log is open before the clock starts. GNU time
-        # stays in front of each command: a child of this (large) Python
-        # process would report Python's resident set as its own peak.
+        # Every command's log is open before it starts. The stopwatch
+        # spawns each command: this harness's own spawning is not timed,
+        # and a child of this (large) Python process would report Python's
+        # resident set as its own peak.
         runs = []
         for cmd in cmds:
             self.n += 1
             logfile = os.path.join(self.logdir, f"{self.n:04d}.log")
-            rssfile = logfile[:-4] + ".rss"
+            timefile = logfile[:-4] + ".time"
             out = open(logfile, "wb")
             out.write((" ".join(cmd) + "\n").encode())
             out.flush()
-            full = [GNU_TIME, "-f", "%M", "-o", rssfile] + cmd if self.have_time else cmd
-            runs.append((cmd, full, logfile, rssfile, out))
+            runs.append((cmd, [self.timed, timefile] + cmd, logfile, timefile, out))
         env = env or clean_env()
         os.sync()  # nothing an earlier step wrote is still on its way to the disk
-        peak = None
+        seconds, peak = 0.0, None
         sampler = DaemonSampler(self.dockerd) if (sample_daemon and self.dockerd) else None
         try:
             with sampler or contextlib.nullcontext():
-                t0 = time.perf_counter()
-                for cmd, full, logfile, rssfile, out in runs:
+                for cmd, full, logfile, timefile, out in runs:
                     p = subprocess.run(full, env=env, stdin=subprocess.DEVNULL,
                                        stdout=out, stderr=subprocess.STDOUT)
                     if p.returncode != 0:
@@ -98,13 +107,20 @@ class Meter:
                         with open(logfile, "rb") as f:
                             log_tail = f.read()[-4000:].decode(errors="replace")
                         raise BenchError(f"{what}: exit {p.returncode}: {' '.join(cmd)}\n{log_tail}")
-                    if self.have_time:
-                        with open(rssfile) as f:
-                            words = f.read().split()
-                        if words and words[-1].isdigit():
-                            peak = max(peak or 0, int(words[-1]))
-                t1 = time.perf_counter()
+                    took, rss = read_timed(timefile, what)
+                    seconds += took
+                    peak = max(peak or 0, rss)
         finally:
             for *_, out in runs:
                 out.close()
-        return Sample(t1 - t0, peak, sampler.growth() if sampler else None)
+        return Sample(seconds, peak, sampler.growth() if sampler else None)
+
+
+def read_timed(path, what):
+    """The stopwatch's `SECONDS MAXRSS_KB` line."""
+    try:
+        with open(path) as f:
+            seconds, rss = f.read().split()
+        return float(seconds), int(rss)
+    except (OSError, ValueError) as e:
+        raise BenchError(f"{what}: no time from the stopwatch ({path}): {e}")

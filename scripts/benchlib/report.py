@@ -83,7 +83,7 @@ def markdown(data, svg_name):
         "",
         "## Peak memory",
         "",
-        "The largest resident set of any single process of the step (GNU time: the tool, or one of the "
+        "The largest resident set of any single process of the step (wait4's peak, as GNU time's %M: the tool, or one of the "
         "processes it waited for), the highest over the repetitions. docker's CLI does little; "
         "BuildKit runs inside dockerd, so its column adds the daemon's growth over its size before the "
         "step (sampled every 10 ms). RUN containers under containerd are in neither.",

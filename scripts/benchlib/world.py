@@ -23,7 +23,6 @@ PACKAGES = {
     "skopeo": "skopeo",
     "docker-registry": "docker-registry",
     "busybox": "busybox-static",
-    "/usr/bin/time": "time",
     "mkfs.ext4": "e2fsprogs",
     "gzip": "gzip",
     "git": "git",
