@@ -35,6 +35,12 @@
 //! We assume we are the only writer into the destination while a layer is
 //! applied, so path-based system calls on paths we have just resolved are
 //! not racing anyone.
+//!
+//! A [`LinkedTree`] is given layers of which unpacked copies exist
+//! (snapshots made by applying the same layers): regular files found
+//! there, unchanged, are hard-linked instead of written. The result is the
+//! same tree; it then shares those inodes with the copies, so it must only
+//! be read.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -42,12 +48,14 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, FileTimes, Permissions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
-use rustix::fs::{AtFlags, CWD, FileType, Mode, Timespec, Timestamps, XattrFlags};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
 /// What applying a layer did.
@@ -58,6 +66,9 @@ pub struct ApplyStats {
     pub entries: u64,
     /// Bytes of regular-file content written.
     pub bytes: u64,
+    /// Regular files hard-linked from an unpacked copy of the layer
+    /// ([`LinkedTree`]) instead of written.
+    pub linked: u64,
     /// Device nodes (and fifos) that could not be created because we lack
     /// the privilege (`mknod` failed with `EPERM`) and were skipped.
     pub skipped_devices: u64,
@@ -137,7 +148,78 @@ pub fn apply_layer(root: &Path, mut layer: impl Read) -> Result<ApplyStats, Appl
     }
     let stream =
         crate::compression::decompress(&mut layer).map_err(|source| ApplyError::Tar { source })?;
-    apply_tar(root, stream)
+    apply_tar(root, stream, None).map(|(stats, _)| stats)
+}
+
+/// A tree that layers are applied onto one after another, as
+/// [`apply_layer`] does, and that is only read afterwards (a COPY's
+/// sources): a regular file that an unpacked copy of its layer (an overlay
+/// snapshot: the same layer applied onto an empty directory, never
+/// modified) holds at the entry's own path (reached without following any
+/// symlink) with the entry's size, owner, mode and time is hard-linked from
+/// there, and the entry's data is skipped, not written. Files with xattrs
+/// or holes are always written, and so is anything when linking fails
+/// (another filesystem, say).
+///
+/// The tree's files may then be the copies' own inodes: it must never be
+/// written to or handed to a RUN. A later layer's hard link to such a file,
+/// whose metadata would land on the shared inode, first gets the file a
+/// copy of its own.
+pub struct LinkedTree {
+    root: PathBuf,
+    /// Host paths whose inode is an unpacked copy's.
+    linked: HashSet<PathBuf>,
+}
+
+impl LinkedTree {
+    /// A tree at `root`, which must exist.
+    pub fn new(root: &Path) -> LinkedTree {
+        LinkedTree {
+            root: root.to_path_buf(),
+            linked: HashSet::new(),
+        }
+    }
+
+    /// Applies the next layer; `unpacked` is its unpacked copy, if any.
+    pub fn apply(
+        &mut self,
+        mut layer: impl Read,
+        unpacked: Option<&Path>,
+    ) -> Result<ApplyStats, ApplyError> {
+        let md = fs::metadata(&self.root).map_err(io_at("inspect destination", &self.root))?;
+        if !md.is_dir() {
+            return Err(ApplyError::Io {
+                op: "inspect destination",
+                path: self.root.clone(),
+                source: io::Error::from(io::ErrorKind::NotADirectory),
+            });
+        }
+        // Without the copy, the layer is applied as usual.
+        let from = unpacked.and_then(|dir| {
+            rustix::fs::open(
+                dir,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()
+        });
+        let stream = crate::compression::decompress(&mut layer)
+            .map_err(|source| ApplyError::Tar { source })?;
+        let links = Links {
+            from,
+            linked: std::mem::take(&mut self.linked),
+        };
+        let (stats, links) = apply_tar(&self.root, stream, Some(links))?;
+        self.linked = links.map(|l| l.linked).unwrap_or_default();
+        Ok(stats)
+    }
+}
+
+/// What [`LinkedTree`] hands an applier.
+struct Links {
+    /// The layer's unpacked copy, if it has one.
+    from: Option<OwnedFd>,
+    linked: HashSet<PathBuf>,
 }
 
 /// Resolves `path` (relative to `root`, as a layer entry names it) inside
@@ -255,13 +337,18 @@ pub fn read_prefix(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-fn apply_tar<R: Read>(root: &Path, reader: R) -> Result<ApplyStats, ApplyError> {
+fn apply_tar<R: Read>(
+    root: &Path,
+    reader: R,
+    links: Option<Links>,
+) -> Result<(ApplyStats, Option<Links>), ApplyError> {
     let src = Source(Rc::new(RefCell::new(SourceState {
         inner: reader,
         filler: 0,
     })));
     let mut archive = tar::Archive::new(src.clone());
     let mut applier = Applier::new(root);
+    applier.links = links;
     // Raw mode: the tar crate hands us PAX ('x', 'g') and GNU long name
     // ('L', 'K') members as they are, instead of parsing PAX records itself
     // by splitting at newlines, which breaks on binary values such as
@@ -338,7 +425,34 @@ fn apply_tar<R: Read>(root: &Path, reader: R) -> Result<ApplyStats, ApplyError> 
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(tar_err)?;
     applier.finish_dirs()?;
-    Ok(applier.stats)
+    Ok((applier.stats, applier.links))
+}
+
+/// The unpacked copy's regular file at `origin` (below `from`, no symlink
+/// followed, no other mount crossed) if it has the entry's metadata and
+/// size; the entry's data is then what the copy was written from.
+fn unchanged_in(from: BorrowedFd<'_>, origin: &Path, meta: &Meta, size: u64) -> Option<OwnedFd> {
+    let how = rustix::fs::ResolveFlags::BENEATH
+        | rustix::fs::ResolveFlags::NO_SYMLINKS
+        | rustix::fs::ResolveFlags::NO_MAGICLINKS
+        | rustix::fs::ResolveFlags::NO_XDEV;
+    let fd = rustix::fs::openat2(
+        from,
+        origin,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        how,
+    )
+    .ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    let same = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+        && st.st_mode & 0o7777 == meta.mode
+        && st.st_uid == meta.uid
+        && st.st_gid == meta.gid
+        && u64::try_from(st.st_size).ok() == Some(size)
+        && st.st_mtime == meta.mtime.secs
+        && u32::try_from(st.st_mtime_nsec).ok() == Some(meta.mtime.nanos);
+    same.then_some(fd)
 }
 
 /// Bytes of zero padding after `size` bytes of member data.
@@ -622,6 +736,9 @@ struct Applier<'r> {
     /// anything is removed, so it never vouches for a path that changed.
     known_dirs: HashSet<PathBuf>,
     buf: Vec<u8>,
+    /// For a [`LinkedTree`]: where unchanged files are linked from, and
+    /// which files are linked.
+    links: Option<Links>,
 }
 
 impl<'r> Applier<'r> {
@@ -635,6 +752,7 @@ impl<'r> Applier<'r> {
             dirs: BTreeMap::new(),
             known_dirs: HashSet::new(),
             buf: vec![0; COPY_BUF],
+            links: None,
         }
     }
 
@@ -649,6 +767,11 @@ impl<'r> Applier<'r> {
     ) -> Result<(), ApplyError> {
         let etype = header.entry_type();
         self.stats.entries += 1;
+        // The data's length: a PAX size overrides the header's.
+        let size = match ext.size {
+            Some(size) => size,
+            None => header.entry_size().map_err(tar_err)?,
+        };
         let raw_name = match ext.gnu_path.or(ext.path) {
             Some(name) => name,
             None => header.path_bytes().into_owned(),
@@ -734,6 +857,13 @@ impl<'r> Applier<'r> {
             // The root itself ("./"): containerd leaves the root alone.
             return Ok(());
         }
+        // Where the unpacked copy has this entry: its own name, whatever
+        // the destination's symlinks make of it.
+        let origin: Option<(PathBuf, u64)> = self
+            .links
+            .as_ref()
+            .and_then(|l| l.from.as_ref())
+            .map(|_| (comps.iter().collect(), size));
         let resolved = resolve_components(
             self.root,
             comps.into_iter().map(Step::Name),
@@ -761,7 +891,13 @@ impl<'r> Applier<'r> {
         // away, and only if something is in the way is it inspected (an
         // lstat per entry was a large part of unpacking many small files).
         match kind {
-            Kind::File => match self.write_file(data, sparse.as_ref(), &path, &meta) {
+            Kind::File => match self.place_file(
+                data,
+                sparse.as_ref(),
+                &path,
+                &meta,
+                origin.as_ref().map(|(o, n)| (o.as_path(), *n)),
+            ) {
                 Err(ApplyError::Io { source, .. })
                     if source.kind() == io::ErrorKind::AlreadyExists => {}
                 done => {
@@ -807,7 +943,13 @@ impl<'r> Applier<'r> {
         };
 
         match kind {
-            Kind::File => self.write_file(data, sparse.as_ref(), &path, &meta)?,
+            Kind::File => self.place_file(
+                data,
+                sparse.as_ref(),
+                &path,
+                &meta,
+                origin.as_ref().map(|(o, n)| (o.as_path(), *n)),
+            )?,
             Kind::Dir => {
                 if !existing_dir {
                     // Owner-writable until the deferred mode is applied.
@@ -826,6 +968,16 @@ impl<'r> Applier<'r> {
                 self.finish_node(&path, &meta, false)?;
             }
             Kind::Hardlink(_) => {
+                // The entry's metadata goes on the target's inode: never on
+                // one the unpacked copy shares.
+                if let Some(target) = link_target.as_deref()
+                    && self
+                        .links
+                        .as_ref()
+                        .is_some_and(|l| l.linked.contains(target))
+                {
+                    self.unshare(target)?;
+                }
                 if let Some(target) = link_target.as_deref().filter(|_| !self_link) {
                     // linkat without AT_SYMLINK_FOLLOW: a link to a symlink
                     // links the symlink itself.
@@ -882,6 +1034,79 @@ impl<'r> Applier<'r> {
         );
         self.known_dirs.insert(path.to_path_buf());
         self.record(path);
+        Ok(())
+    }
+
+    /// Creates a regular file with the entry's content and metadata: a
+    /// hard link to the unpacked copy's file when that is the same, else
+    /// written.
+    fn place_file(
+        &mut self,
+        data: &mut dyn Read,
+        sparse: Option<&SparseMap>,
+        path: &Path,
+        meta: &Meta,
+        origin: Option<(&Path, u64)>,
+    ) -> Result<(), ApplyError> {
+        if let (Some(from), Some((origin, size)), None, true) = (
+            self.links.as_ref().and_then(|l| l.from.as_ref()),
+            origin,
+            sparse,
+            meta.xattrs.is_empty(),
+        ) && let Some(source) = unchanged_in(from.as_fd(), origin, meta, size)
+        {
+            // Through /proc: linkat(2) with AT_EMPTY_PATH needs a capability
+            // that rootless builds lack; this form is open(2)'s documented
+            // way to link an O_PATH descriptor.
+            let proc_path = format!("/proc/self/fd/{}", source.as_raw_fd());
+            match rustix::fs::linkat(CWD, &proc_path, CWD, path, AtFlags::SYMLINK_FOLLOW) {
+                Ok(()) => {
+                    self.stats.linked += 1;
+                    if let Some(links) = self.links.as_mut() {
+                        links.linked.insert(path.to_path_buf());
+                    }
+                    return Ok(());
+                }
+                Err(e) if e == Errno::EXIST => {
+                    return Err(io_at("create file", path)(e.into()));
+                }
+                // Written instead (the data is still unread).
+                Err(_) => {}
+            }
+        }
+        self.write_file(data, sparse, path, meta)
+    }
+
+    /// Replaces a file hard-linked from the unpacked copy with a copy of
+    /// its own (same content, owner, mode and times), so that what is done
+    /// to it next leaves the unpacked copy as it was.
+    fn unshare(&mut self, path: &Path) -> Result<(), ApplyError> {
+        let md = fs::symlink_metadata(path).map_err(io_at("inspect", path))?;
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".rbuild-unshared");
+        let own = path.with_file_name(name);
+        let mut from = File::open(path).map_err(io_at("open", path))?;
+        let mut to = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&own)
+            .map_err(io_at("create file", &own))?;
+        copy_data(&mut from, &mut to, &own, &mut self.buf)?;
+        self.chown_result(
+            std::os::unix::fs::fchown(&to, Some(md.uid()), Some(md.gid())),
+            &own,
+        )?;
+        to.set_permissions(Permissions::from_mode(md.mode() & 0o7777))
+            .map_err(io_at("set mode of", &own))?;
+        let mtime = Time::bounded(md.mtime(), u32::try_from(md.mtime_nsec()).unwrap_or(0));
+        let t = mtime.system_time();
+        to.set_times(FileTimes::new().set_accessed(t).set_modified(t))
+            .map_err(io_at("set times of", &own))?;
+        fs::rename(&own, path).map_err(io_at("rename", &own))?;
+        if let Some(links) = self.links.as_mut() {
+            links.linked.remove(path);
+        }
         Ok(())
     }
 
@@ -1423,6 +1648,106 @@ mod tests {
         rustix::process::geteuid().is_root()
     }
 
+    /// A layer whose entries belong to this process's user, so that the
+    /// unpacked copy keeps their owner even unprivileged.
+    fn owned_layer(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
+        let mut layer = Layer::new();
+        for (name, mode, data) in entries {
+            let kind = match name.ends_with('/') {
+                true => EntryType::Directory,
+                false => EntryType::Regular,
+            };
+            let mut h = Layer::header(name, kind, *mode, 2_000, data.len() as u64);
+            h.set_uid(rustix::process::geteuid().as_raw().into());
+            h.set_gid(rustix::process::getegid().as_raw().into());
+            layer = layer.raw(h, data);
+        }
+        layer.finish()
+    }
+
+    fn inode(p: &Path) -> u64 {
+        fs::symlink_metadata(p).unwrap().ino()
+    }
+
+    #[test]
+    fn linking_takes_the_unpacked_copys_unchanged_files() {
+        let (_base, root) = scratch();
+        let (_copy_base, copy) = scratch();
+        let tar = owned_layer(&[
+            ("d/", 0o755, b""),
+            ("d/same", 0o644, b"payload"),
+            ("d/mode", 0o644, b"written"),
+            ("d/gone", 0o644, b"written too"),
+        ]);
+        apply(&copy, &tar).unwrap();
+        fs::set_permissions(copy.join("d/mode"), Permissions::from_mode(0o600)).unwrap();
+        fs::remove_file(copy.join("d/gone")).unwrap();
+
+        let stats = LinkedTree::new(&root).apply(&tar[..], Some(&copy)).unwrap();
+        assert_eq!(stats.linked, 1);
+        assert_eq!(inode(&root.join("d/same")), inode(&copy.join("d/same")));
+        assert_eq!(fs::read(root.join("d/same")).unwrap(), b"payload");
+        // Different metadata or no file in the copy: written from the layer.
+        assert_ne!(inode(&root.join("d/mode")), inode(&copy.join("d/mode")));
+        assert_eq!(mode_of(&root.join("d/mode")), 0o644);
+        assert_eq!(fs::read(root.join("d/mode")).unwrap(), b"written");
+        assert_eq!(fs::read(root.join("d/gone")).unwrap(), b"written too");
+        // Without a copy, everything is written.
+        let (_other_base, other) = scratch();
+        let stats = LinkedTree::new(&other)
+            .apply(&tar[..], Some(&copy.join("missing")))
+            .unwrap();
+        assert_eq!(stats.linked, 0);
+        assert_eq!(fs::read(other.join("d/same")).unwrap(), b"payload");
+    }
+
+    #[test]
+    fn linking_never_follows_a_symlink_in_the_copy() {
+        let (_base, root) = scratch();
+        let (_copy_base, copy) = scratch();
+        let tar = owned_layer(&[("d/", 0o755, b""), ("d/secret", 0o644, b"layer data")]);
+        // A file with the entry's metadata outside the copy, which a
+        // symlink in the copy points at.
+        let outside = tempfile::tempdir().unwrap();
+        apply(outside.path(), &tar).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("d"), copy.join("d")).unwrap();
+
+        let stats = LinkedTree::new(&root).apply(&tar[..], Some(&copy)).unwrap();
+        assert_eq!(stats.linked, 0);
+        assert_ne!(
+            inode(&root.join("d/secret")),
+            inode(&outside.path().join("d/secret"))
+        );
+        assert_eq!(fs::read(root.join("d/secret")).unwrap(), b"layer data");
+    }
+
+    #[test]
+    fn a_later_hard_link_never_changes_the_copys_file() {
+        let (_base, root) = scratch();
+        let (_copy_base, copy) = scratch();
+        let lower = owned_layer(&[("d/", 0o755, b""), ("d/f", 0o644, b"payload")]);
+        apply(&copy, &lower).unwrap();
+        // The next layer links to the file and, as a link's metadata is its
+        // inode's, changes its mode.
+        let mut upper = Layer::new();
+        let mut h = Layer::header("d/h", EntryType::Link, 0o600, 3_000, 0);
+        h.set_link_name_literal("d/f").unwrap();
+        h.set_uid(rustix::process::geteuid().as_raw().into());
+        h.set_gid(rustix::process::getegid().as_raw().into());
+        upper = upper.raw(h, b"");
+        let upper = upper.finish();
+
+        let mut tree = LinkedTree::new(&root);
+        assert_eq!(tree.apply(&lower[..], Some(&copy)).unwrap().linked, 1);
+        tree.apply(&upper[..], None).unwrap();
+        assert_eq!(mode_of(&copy.join("d/f")), 0o644);
+        assert_eq!(mtime_of(&copy.join("d/f")), 2_000);
+        assert_ne!(inode(&root.join("d/f")), inode(&copy.join("d/f")));
+        assert_eq!(inode(&root.join("d/f")), inode(&root.join("d/h")));
+        assert_eq!(mode_of(&root.join("d/h")), 0o600);
+        assert_eq!(fs::read(root.join("d/h")).unwrap(), b"payload");
+    }
+
     #[test]
     fn apply_plain_entries_with_modes_and_mtimes() {
         let (_base, root) = scratch();
@@ -1440,6 +1765,7 @@ mod tests {
             ApplyStats {
                 entries: 6,
                 bytes: 6,
+                linked: 0,
                 skipped_devices: 0
             }
         );

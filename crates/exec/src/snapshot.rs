@@ -179,6 +179,13 @@ impl Snapshots {
         Ok(())
     }
 
+    /// The layer's unpacked directory, if it has been unpacked (it is
+    /// never modified once there).
+    pub fn unpacked(&self, diff_id: &Digest) -> Option<PathBuf> {
+        let dir = self.layers.join(diff_id.hex());
+        is_dir(&dir).ok()?.then_some(dir)
+    }
+
     /// The lower directory of a layer, unpacking it on first use.
     ///
     /// `diff_id` names the layer (the sha256 of its uncompressed tar);

@@ -289,6 +289,11 @@ pub(crate) fn materialize(
 /// ...` then unpacks the layers that touch `/out`, not the whole base
 /// image below it. With `origins`, also tells which layer blob each
 /// regular file comes from.
+///
+/// With `sources`, the tree is a COPY's and is only read: unchanged files
+/// of layers a RUN has unpacked already are hard-linked from those
+/// snapshots instead of written again. Without, the tree may be mounted
+/// into a RUN, and every file is its own.
 pub(crate) fn materialize_for(
     store: &ContentStore,
     summaries: &LayerSummaries,
@@ -298,6 +303,10 @@ pub(crate) fn materialize_for(
     mut origins: Option<&mut FileOrigins<Digest>>,
     line: usize,
 ) -> Result<ScratchDir, BuildError> {
+    let snapshots = sources
+        .is_some()
+        .then(|| crate::exec_step::overlay_snapshots(options))
+        .flatten();
     let dir =
         ScratchDir::new(&options.scratch).map_err(|source| BuildError::Source { line, source })?;
     let wanted = match sources.and_then(literal_prefixes) {
@@ -305,6 +314,7 @@ pub(crate) fn materialize_for(
             .map_err(|source| BuildError::Source { line, source })?,
         None => vec![true; layers.len()],
     };
+    let mut tree = rbuild_exec::apply::LinkedTree::new(&dir.path);
     for (layer, _) in layers.iter().zip(wanted).filter(|(_, w)| *w) {
         let digest = &layer.descriptor.digest;
         if let Some(origins) = origins.as_deref_mut() {
@@ -316,7 +326,13 @@ pub(crate) fn materialize_for(
         let file = store
             .open(digest)
             .map_err(|source| BuildError::Source { line, source })?;
-        rbuild_exec::apply::apply_layer(&dir.path, file).map_err(|e| BuildError::Source {
+        // A layer a RUN used is unpacked already: its unchanged files are
+        // linked from there rather than written again.
+        let applied = match &snapshots {
+            Some(snapshots) => tree.apply(file, snapshots.unpacked(&layer.diff_id).as_deref()),
+            None => rbuild_exec::apply::apply_layer(&dir.path, file),
+        };
+        applied.map_err(|e| BuildError::Source {
             line,
             source: std::io::Error::other(e.to_string()),
         })?;
