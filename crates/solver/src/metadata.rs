@@ -23,13 +23,16 @@ use crate::checksum::FileStamp;
 /// How long a writer waits for another process's transaction.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A write-ahead log larger than this when a process opens the database
-/// is folded into the database (and emptied) by a thread of that process,
-/// beside its work. Every process that opens the database first reads the
-/// whole log back (SQLite rebuilds its index of it), about 0.5 ms per MB,
-/// so the log must not grow without bound; but a checkpoint costs two
-/// fsyncs, which on a process's way out (where this used to happen) were
-/// on the critical path of every other one-file-change rebuild.
+/// A write-ahead log larger than this is folded into the database (and
+/// emptied) by a thread of the process, beside its work: when the process
+/// opens the database, and when a build is about to run a step
+/// ([`Metadata::checkpoint_if_large`]). Every process that opens the
+/// database first reads the whole log back (SQLite rebuilds its index of
+/// it), about 0.5 ms per MB, so the log must not grow without bound; but a
+/// checkpoint costs two fsyncs, which on a process's way out (where this
+/// used to happen) were on the critical path of every other
+/// one-file-change rebuild, and at the next process's start, of the first
+/// no-op rebuild after a cold build.
 const WAL_CHECKPOINT_BYTES: u64 = 256 * 1024;
 
 /// Bumped when [`SCHEMA`] changes (stored as SQLite's `user_version`).
@@ -136,15 +139,16 @@ type FileHashRow = (Vec<u8>, i64, i64, i64, i64, i64, String);
 pub struct Metadata {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// The checkpoint started when the database was opened, if any.
-    checkpoint: Option<std::thread::JoinHandle<()>>,
+    /// The checkpoint going on beside, if any.
+    checkpoint: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Drop for Metadata {
     fn drop(&mut self) {
         // Its connection must not outlive the process's last use of the
         // database; it is long done by now in all but the shortest runs.
-        if let Some(checkpoint) = self.checkpoint.take() {
+        let running = self.checkpoint.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(checkpoint) = running.take() {
             let _ = checkpoint.join();
         }
     }
@@ -247,14 +251,36 @@ impl Metadata {
                 .map_err(err)?;
         }
         drop(guard);
-        let checkpoint = wal_is_large(&path)
-            .then(|| checkpoint_beside(&path))
-            .flatten();
-        Ok(Metadata {
+        let meta = Metadata {
             path,
             conn: Mutex::new(conn),
-            checkpoint,
-        })
+            checkpoint: Mutex::new(None),
+        };
+        meta.checkpoint_if_large();
+        Ok(meta)
+    }
+
+    /// Starts folding the write-ahead log into the database beside the
+    /// caller's work if it is over [`WAL_CHECKPOINT_BYTES`] and no
+    /// checkpoint is going on already. A build calls it before each step it
+    /// runs, so that what it writes is folded in while later steps run.
+    pub fn checkpoint_if_large(&self) {
+        let mut running = self.checkpoint.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(previous) = running.take_if(|c| c.is_finished()) {
+            let _ = previous.join();
+        }
+        if running.is_none() && wal_is_large(&self.path) {
+            *running = checkpoint_beside(&self.path);
+        }
+    }
+
+    /// Whether a checkpoint was started (and not yet joined).
+    #[cfg(test)]
+    fn checkpointing(&self) -> bool {
+        self.checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     pub fn path(&self) -> &Path {
@@ -705,13 +731,27 @@ mod tests {
         let keys = fill_wal(&Metadata::open(dir.path()).unwrap(), dir.path());
         // Closing leaves it: no fsyncs on a process's way out.
         assert!(wal_len(dir.path()) > WAL_CHECKPOINT_BYTES);
-        assert!(Metadata::open(dir.path()).unwrap().checkpoint.is_some());
+        assert!(Metadata::open(dir.path()).unwrap().checkpointing());
         assert_eq!(wal_len(dir.path()), 0, "the log was not checkpointed");
         let meta = Metadata::open(dir.path()).unwrap();
-        assert!(meta.checkpoint.is_none(), "a small log is left alone");
+        assert!(!meta.checkpointing(), "a small log is left alone");
         for key in &keys {
             assert!(meta.get(key).unwrap().is_some());
         }
+    }
+
+    #[test]
+    fn a_log_grown_by_this_process_is_folded_in_beside_its_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Metadata::open(dir.path()).unwrap();
+        assert!(!meta.checkpointing());
+        let keys = fill_wal(&meta, dir.path());
+        meta.checkpoint_if_large();
+        assert!(meta.checkpointing());
+        drop(meta);
+        assert_eq!(wal_len(dir.path()), 0, "the log was not checkpointed");
+        let meta = Metadata::open(dir.path()).unwrap();
+        assert_eq!(meta.entries().unwrap().len(), keys.len());
     }
 
     #[test]

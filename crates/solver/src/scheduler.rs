@@ -377,6 +377,9 @@ impl Shared {
             Some(fs) => fs,
             None => read_fs(&self.store, &self.summaries, base_layers).map_err(fail)?,
         };
+        // The step takes a while: the log this build has written so far
+        // can be folded in meanwhile.
+        self.meta.checkpoint_if_large();
         let run = Run {
             graph: &self.graph,
             store: &self.store,
