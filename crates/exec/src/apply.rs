@@ -1119,11 +1119,14 @@ impl<'r> Applier<'r> {
         meta: &Meta,
     ) -> Result<(), ApplyError> {
         // create_new (O_EXCL) never follows a symlink at `path`; whatever was
-        // there has been removed.
+        // there has been removed. Created with its permission bits (the
+        // umask may take some away: checked below), so that most files need
+        // no chmod; nobody else can reach it meanwhile (the trees we apply
+        // into are rbuild's own, mode 0700).
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(meta.mode & 0o777)
             .open(path)
             .map_err(io_at("create file", path))?;
         match sparse {
@@ -1141,14 +1144,23 @@ impl<'r> Applier<'r> {
             }
         }
         // Order as containerd: chown first (it clears setuid/setgid and file
-        // capabilities), then xattrs, then the mode, then the times.
-        self.chown_result(
-            std::os::unix::fs::fchown(&file, Some(meta.uid), Some(meta.gid)),
-            path,
-        )?;
+        // capabilities), then xattrs, then the mode, then the times. Owner
+        // and mode are only set when the new file lacks them: each is a
+        // journaled inode update, and most files (root's, 0644 or 0755)
+        // have both already.
+        let made = rustix::fs::fstat(&file).map_err(|e| io_at("inspect", path)(e.into()))?;
+        let chown = made.st_uid != meta.uid || made.st_gid != meta.gid;
+        if chown {
+            self.chown_result(
+                std::os::unix::fs::fchown(&file, Some(meta.uid), Some(meta.gid)),
+                path,
+            )?;
+        }
         set_xattrs(XattrOn::File(&file, path), &meta.xattrs)?;
-        file.set_permissions(Permissions::from_mode(meta.mode))
-            .map_err(io_at("set mode of", path))?;
+        if chown || made.st_mode & 0o7777 != meta.mode {
+            file.set_permissions(Permissions::from_mode(meta.mode))
+                .map_err(io_at("set mode of", path))?;
+        }
         let t = meta.mtime.system_time();
         file.set_times(FileTimes::new().set_accessed(t).set_modified(t))
             .map_err(io_at("set times of", path))?;
@@ -1719,6 +1731,32 @@ mod tests {
             inode(&outside.path().join("d/secret"))
         );
         assert_eq!(fs::read(root.join("d/secret")).unwrap(), b"layer data");
+    }
+
+    #[test]
+    fn modes_the_umask_would_take_away_are_kept() {
+        let (_base, root) = scratch();
+        let tar = owned_layer(&[
+            ("open", 0o777, b"x"),
+            ("setuid", 0o4755, b"x"),
+            ("sticky", 0o1666, b"x"),
+            ("none", 0o000, b"x"),
+            ("plain", 0o644, b"x"),
+        ]);
+        // The usual umask (022) takes write bits away from "open" and
+        // "sticky" as they are created. (Not set here: it is the whole test
+        // process's.)
+        apply(&root, &tar).unwrap();
+        for (name, mode) in [
+            ("open", 0o777),
+            ("setuid", 0o4755),
+            ("sticky", 0o1666),
+            ("none", 0o000),
+            ("plain", 0o644),
+        ] {
+            assert_eq!(mode_of(&root.join(name)), mode, "{name}");
+            assert_eq!(fs::read(root.join(name)).unwrap(), b"x", "{name}");
+        }
     }
 
     #[test]
