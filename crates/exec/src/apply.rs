@@ -138,14 +138,7 @@ const COPY_BUF: usize = 64 * 1024;
 /// is consumed, trailing padding included, so a digest computed over the
 /// stream by the caller covers every byte and a gzip trailer is verified.
 pub fn apply_layer(root: &Path, mut layer: impl Read) -> Result<ApplyStats, ApplyError> {
-    let md = fs::metadata(root).map_err(io_at("inspect destination", root))?;
-    if !md.is_dir() {
-        return Err(ApplyError::Io {
-            op: "inspect destination",
-            path: root.to_path_buf(),
-            source: io::Error::from(io::ErrorKind::NotADirectory),
-        });
-    }
+    check_destination(root)?;
     let stream =
         crate::compression::decompress(&mut layer).map_err(|source| ApplyError::Tar { source })?;
     apply_tar(root, stream, None).map(|(stats, _)| stats)
@@ -186,14 +179,7 @@ impl LinkedTree {
         mut layer: impl Read,
         unpacked: Option<&Path>,
     ) -> Result<ApplyStats, ApplyError> {
-        let md = fs::metadata(&self.root).map_err(io_at("inspect destination", &self.root))?;
-        if !md.is_dir() {
-            return Err(ApplyError::Io {
-                op: "inspect destination",
-                path: self.root.clone(),
-                source: io::Error::from(io::ErrorKind::NotADirectory),
-            });
-        }
+        check_destination(&self.root)?;
         // Without the copy, the layer is applied as usual.
         let from = unpacked.and_then(|dir| {
             rustix::fs::open(
@@ -213,6 +199,19 @@ impl LinkedTree {
         self.linked = links.map(|l| l.linked).unwrap_or_default();
         Ok(stats)
     }
+}
+
+/// Fails unless `root` is an existing directory.
+fn check_destination(root: &Path) -> Result<(), ApplyError> {
+    let md = fs::metadata(root).map_err(io_at("inspect destination", root))?;
+    if md.is_dir() {
+        return Ok(());
+    }
+    Err(ApplyError::Io {
+        op: "inspect destination",
+        path: root.to_path_buf(),
+        source: io::Error::from(io::ErrorKind::NotADirectory),
+    })
 }
 
 /// What [`LinkedTree`] hands an applier.
