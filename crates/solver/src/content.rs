@@ -33,6 +33,7 @@ use rbuild_oci::{BlobStore, BlobWriter, Digest, HashingWriter};
 use tempfile::NamedTempFile;
 
 use crate::scratch::ProcessScratch;
+use crate::write_behind::WriteBehind;
 
 /// Makes the names of the blobs committed below `root` durable (they are
 /// once this returns, after a system crash too).
@@ -113,7 +114,7 @@ impl ContentStore {
         let file = NamedTempFile::new_in(self.scratch()?)?;
         Ok(PrehashedIngest {
             store: self,
-            writer: BufWriter::with_capacity(1 << 20, file),
+            writer: WriteBehind::new(file),
         })
     }
 
@@ -241,13 +242,13 @@ impl Write for Ingest<'_> {
 /// bytes it writes. Dropping it without committing discards it.
 pub struct PrehashedIngest<'a> {
     store: &'a ContentStore,
-    writer: BufWriter<NamedTempFile>,
+    writer: WriteBehind,
 }
 
 impl PrehashedIngest<'_> {
     /// Finishes the blob under `digest`, which the caller computed.
     pub fn commit(self, digest: &Digest) -> io::Result<u64> {
-        let file = self.writer.into_inner().map_err(|e| e.into_error())?;
+        let file = self.writer.finish()?;
         let size = file.as_file().metadata()?.len();
         self.store.commit(file, digest)?;
         Ok(size)
@@ -257,7 +258,7 @@ impl PrehashedIngest<'_> {
     /// name before its bytes are synced: the caller waits for the returned
     /// sync before anything names the blob durably.
     pub(crate) fn commit_deferred(self, digest: &Digest) -> io::Result<(u64, PendingSync)> {
-        let file = self.writer.into_inner().map_err(|e| e.into_error())?;
+        let file = self.writer.finish()?;
         let size = file.as_file().metadata()?.len();
         let pending = self.store.place(file, digest)?;
         Ok((size, pending))

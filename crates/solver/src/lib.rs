@@ -23,6 +23,7 @@ mod scheduler;
 mod scratch;
 mod steps;
 mod summaries;
+mod write_behind;
 
 use std::io;
 use std::path::{Path, PathBuf};
