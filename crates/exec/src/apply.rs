@@ -1735,24 +1735,20 @@ mod tests {
     #[test]
     fn modes_the_umask_would_take_away_are_kept() {
         let (_base, root) = scratch();
-        let tar = owned_layer(&[
-            ("open", 0o777, b"x"),
-            ("setuid", 0o4755, b"x"),
-            ("sticky", 0o1666, b"x"),
-            ("none", 0o000, b"x"),
-            ("plain", 0o644, b"x"),
-        ]);
-        // The usual umask (022) takes write bits away from "open" and
-        // "sticky" as they are created. (Not set here: it is the whole test
-        // process's.)
-        apply(&root, &tar).unwrap();
-        for (name, mode) in [
+        let modes = [
             ("open", 0o777),
             ("setuid", 0o4755),
             ("sticky", 0o1666),
             ("none", 0o000),
             ("plain", 0o644),
-        ] {
+        ];
+        let entries: Vec<(&str, u32, &[u8])> =
+            modes.iter().map(|&(n, m)| (n, m, &b"x"[..])).collect();
+        // The usual umask (022) takes write bits away from "open" and
+        // "sticky" as they are created. (Not set here: it is the whole test
+        // process's.)
+        apply(&root, &owned_layer(&entries)).unwrap();
+        for (name, mode) in modes {
             assert_eq!(mode_of(&root.join(name)), mode, "{name}");
             assert_eq!(fs::read(root.join(name)).unwrap(), b"x", "{name}");
         }
